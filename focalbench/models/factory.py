@@ -33,6 +33,14 @@ def create_model(
     return model
 
 
+def timm_pretrained_kwargs(pretrained: str | os.PathLike | bool | None) -> dict:
+    """``timm.create_model`` arguments for weights given as a local file, a hub id, or True (timm's default)."""
+    if isinstance(pretrained, (str, os.PathLike)):
+        key = "file" if os.path.exists(pretrained) else "hf_hub_id"
+        return {"pretrained": True, "pretrained_cfg_overlay": {key: str(pretrained)}}
+    return {"pretrained": bool(pretrained)}
+
+
 class TimmBackbone(nn.Module):
     """Any timm model as a multi-scale backbone with the same interface as :class:`FocalNetBackbone`."""
 
@@ -42,14 +50,9 @@ class TimmBackbone(nn.Module):
         super().__init__()
         import timm
 
-        overlay = None
-        if isinstance(pretrained, (str, os.PathLike)):
-            key = "file" if os.path.exists(pretrained) else "hf_hub_id"
-            overlay = {key: str(pretrained)}
         self.body = timm.create_model(
             name,
-            pretrained=bool(pretrained),
-            pretrained_cfg_overlay=overlay,
+            **timm_pretrained_kwargs(pretrained),
             features_only=True,
             out_indices=tuple(out_indices),
             **kwargs,
@@ -58,14 +61,13 @@ class TimmBackbone(nn.Module):
         self.out_channels = list(info.channels())
         self.strides = list(info.reduction())
         self.size_divisibility = max(self.strides)
-        # Some timm models (Swin) hand back NHWC features: compare against the advertised channel counts.
-        self._nhwc = None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         pad_h, pad_w = (-x.shape[2]) % self.size_divisibility, (-x.shape[3]) % self.size_divisibility
         if pad_h or pad_w:
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
         features = self.body(x)
+        # Some timm models (Swin) hand back NHWC maps: recognised by where the advertised channel count sits.
         return [
             f.permute(0, 3, 1, 2) if f.shape[1] != c and f.shape[-1] == c else f
             for f, c in zip(features, self.out_channels)

@@ -1,0 +1,1 @@
+"""Lightning callbacks: TensorBoard pictures and prediction writers."""

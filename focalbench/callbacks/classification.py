@@ -1,0 +1,64 @@
+"""TensorBoard pictures for classification: predictions on validation images and the confusion matrix."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from focalbench.callbacks.tensorboard import displayable, grid, log_figure
+
+
+class ClassificationImages(Callback):
+    """A grid of the first validation images with predicted vs true class (green when right, red when wrong)."""
+
+    def __init__(self, num_images: int = 16) -> None:
+        self.num_images = num_images
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if batch_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        images, labels = batch["image"][: self.num_images], batch["label"][: self.num_images]
+        with torch.no_grad():
+            predicted = pl_module(images).argmax(-1)
+        names = pl_module.class_names
+        figure, axes = grid(len(images))
+        for axis, image, pred, true in zip(axes, displayable(images), predicted.tolist(), labels.tolist()):
+            axis.imshow(image)
+            axis.set_title(f"{names[pred]} / {names[true]}", color="green" if pred == true else "red", fontsize=8)
+        figure.suptitle("predicted / true")
+        log_figure(trainer, "val/predictions", figure)
+
+
+class ConfusionMatrixImage(Callback):
+    """The validation confusion matrix (rows: true class, columns: predicted), row-normalised, each epoch.
+
+    Reads the task's ``val_confusion`` metric; runs on every rank because computing it synchronises them.
+    """
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        matrix = pl_module.val_confusion.compute().float().cpu()
+        if not trainer.is_global_zero:
+            return
+        normalised = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
+        names = pl_module.class_names
+        size = min(20, 2 + 0.4 * len(names))
+        figure, axis = plt.subplots(figsize=(size, size))
+        axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        if len(names) <= 40:
+            axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            axis.set_yticks(range(len(names)), names, fontsize=7)
+            for (row, col), count in zip(
+                torch.cartesian_prod(torch.arange(len(names)), torch.arange(len(names))).tolist(),
+                matrix.flatten().tolist(),
+            ):
+                if count:
+                    axis.text(col, row, int(count), ha="center", va="center", fontsize=6)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        figure.tight_layout()
+        log_figure(trainer, "val/confusion_matrix", figure)

@@ -1,0 +1,133 @@
+"""What every task's data module shares: where the data comes from, samplers and loaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from focalbench.data.images import read_rgb
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class BaseDataModule(LightningDataModule):
+    """Loaders with the settings a training job wants by default.
+
+    Samplers are made here, not by Lightning: training shuffles by ``seed`` + epoch (the same order after a resume
+    from ``last.ckpt``), each DDP rank reading its own shard; evaluation splits the data across ranks without the
+    padding duplicates of ``DistributedSampler``, so a 2-process validation counts every sample exactly once.
+
+    Args:
+        root: local data (layout depends on the task), ``demo`` for the embedded demo data, or None to use
+            ``dataset``.
+        dataset: a Hugging Face hub id (or a ``datasets`` builder name).
+        batch_size: per-process batch size.
+        num_workers: loader worker processes (persistent, pinned memory on CUDA).
+        image_size: train crop / evaluation size.
+        predict_root: a folder of images for ``predict``.
+        seed: shuffling and hold-out split seed.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        dataset: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        image_size: int = 224,
+        predict_root: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.predict_root = predict_root
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    demo_subdir = ""  # where this task's part of the embedded demo data lives
+
+    @property
+    def data_root(self) -> str | None:
+        """``root``, with ``demo`` resolved to the embedded demo data (generated and cached on first use)."""
+        if self.root != "demo":
+            return self.root
+        from focalbench.data.demo import demo_root
+
+        return str(demo_root() / self.demo_subdir)
+
+    # ---------------------------------------------------------------- loaders
+    def _replicas(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: Dataset, train: bool, collate_fn: Callable | None = None) -> DataLoader:
+        world, rank = self._replicas()
+        if train:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        else:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            drop_last=train and len(dataset) >= self.batch_size * world,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def collate_fn(self) -> Callable | None:
+        """The batch collation; the default stacks tensors (detection overrides it)."""
+        return None
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True, collate_fn=self.collate_fn())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False, collate_fn=self.collate_fn())
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_root is None:
+            raise ValueError("predict needs data.predict_root: a folder of images")
+        return self._loader(ImageFolderForPredict(self.predict_root, self.eval_transform()), train=False)
+
+    def eval_transform(self) -> Callable:
+        raise NotImplementedError
+
+
+class ImageFolderForPredict(Dataset):
+    """Every image under a folder (recursively, sorted), as ``{"image", "path", "size"}`` for ``predict``."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable) -> None:
+        self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise ValueError(f"data.predict_root '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image = read_rgb(self.paths[index])
+        return {
+            "image": self.transform(image=image)["image"],
+            "path": str(self.paths[index]),
+            "size": torch.tensor(image.shape[:2]),
+        }

@@ -1,0 +1,1 @@
+"""LightningModules: the base task and the classification, segmentation and detection tasks."""
