@@ -29,6 +29,7 @@ class ClassificationDataModule(BaseDataModule):
         class_names: names for integer labels that carry none (e.g. a CSV with numeric labels).
         min_crop_scale, auto_augment, random_erasing, crop_pct: the paper's recipe (random-resized crops of 8-100 %
             of the image, timm RandAugment, erasing 0.25, evaluation crop 0.875).
+        augment: False trains on the evaluation transform (no randomness: linear probes, exact-resume checks).
         skip_corrupt: drop unreadable images at setup (counted and reported) instead of failing on the first one.
     """
 
@@ -49,6 +50,7 @@ class ClassificationDataModule(BaseDataModule):
         val_split: str | None = None,
         val_fraction: float = 0.1,
         class_names: Sequence[str] | None = None,
+        augment: bool = True,
         min_crop_scale: float = 0.08,
         auto_augment: str | None = "rand-m9-mstd0.5-inc1",
         random_erasing: float = 0.25,
@@ -62,6 +64,7 @@ class ClassificationDataModule(BaseDataModule):
         self.val_split = val_split
         self.val_fraction = val_fraction
         self.given_class_names = list(class_names) if class_names else None
+        self.augment = augment
         self.min_crop_scale = min_crop_scale
         self.auto_augment = auto_augment
         self.random_erasing = random_erasing
@@ -71,25 +74,23 @@ class ClassificationDataModule(BaseDataModule):
 
     # ------------------------------------------------------------------ the data
     @cached_property
-    def _splits(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+    def _source(self) -> datasets.DatasetDict:
         source = load_source(self.data_root, self.dataset)
-        train, val = train_val_splits(
-            source, self.train_split, self.val_split, self.val_fraction, self.seed, self.label_column
-        )
-        for name, ds in (("train", train), ("validation", val)):
+        for name, ds in source.items():
+            if len(ds) == 0:
+                raise DataSourceError(f"the {name} split is empty")
             require_columns(ds, {"image_column": self.image_column, "label_column": self.label_column}, name)
-        return train, val
+        return source
 
     @cached_property
     def class_names(self) -> list[str]:
         """Class names, from the data's ``ClassLabel`` feature, ``class_names``, or the sorted label strings."""
-        train, val = self._splits
-        feature = train.features[self.label_column]
+        feature = next(iter(self._source.values())).features[self.label_column]
         if isinstance(feature, datasets.ClassLabel):
             return list(feature.names)
         if self.given_class_names:
             return self.given_class_names
-        values = set(train[self.label_column]) | set(val[self.label_column])
+        values = set().union(*(set(ds[self.label_column]) for ds in self._source.values()))
         if all(isinstance(v, str) for v in values):
             return sorted(values)
         return [str(i) for i in range(int(max(values)) + 1)]
@@ -98,23 +99,28 @@ class ClassificationDataModule(BaseDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @cached_property
+    def _splits(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        encoded = datasets.DatasetDict({name: self._encode_labels(ds, name) for name, ds in self._source.items()})
+        return train_val_splits(encoded, self.train_split, self.val_split, self.val_fraction, self.seed, "label")
+
     def _encode_labels(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
-        """Integer labels in [0, num_classes), checked once over the whole column (errors name row and value)."""
+        """Integer ``label`` in [0, num_classes), checked once over the whole column (errors name row and value)."""
         names = self.class_names
         index = {name: i for i, name in enumerate(names)}
-        labels = ds[self.label_column]
         encoded = []
-        for row, value in enumerate(labels):
+        for row, value in enumerate(ds[self.label_column]):
             if isinstance(value, str):
                 if value not in index:
                     raise DataSourceError(f"{split} row {row}: unknown class name '{value}'; known classes: {names}")
                 value = index[value]
-            if not 0 <= int(value) < len(names):
+            if value is None or not 0 <= int(value) < len(names):
                 raise DataSourceError(
                     f"{split} row {row}: label {value} out of range for {len(names)} classes (0..{len(names) - 1})"
                 )
             encoded.append(int(value))
-        return ds.remove_columns(self.label_column).add_column("label", encoded)
+        ds = ds.remove_columns(self.label_column).add_column("label", encoded)
+        return ds.cast_column("label", datasets.ClassLabel(names=names))
 
     def _drop_unreadable(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         bad = []
@@ -132,7 +138,6 @@ class ClassificationDataModule(BaseDataModule):
         ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
         if self.image_column != "image":
             ds = ds.rename_column(self.image_column, "image")
-        ds = self._encode_labels(ds, split)
         if self.skip_corrupt:
             ds = self._drop_unreadable(ds, split)
         ds = ds.select_columns(["image", "label"])
@@ -152,6 +157,8 @@ class ClassificationDataModule(BaseDataModule):
 
     # ------------------------------------------------------------- transforms
     def train_transform(self) -> Callable:
+        if not self.augment:
+            return self.eval_transform()
         return classification_train_transform(
             self.image_size,
             scale=(self.min_crop_scale, 1.0),

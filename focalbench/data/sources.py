@@ -92,7 +92,13 @@ def train_val_splits(
         stratify = (
             stratify_column if stratify_column in train.features and _is_class_label(train, stratify_column) else None
         )
-        parts = train.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column=stratify)
+        try:
+            parts = train.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column=stratify)
+        except ValueError as err:
+            raise DataSourceError(
+                f"the data has no validation split and holding out data.val_fraction={val_fraction} of its "
+                f"{len(train)} training rows failed: {err}"
+            ) from err
         train, val = parts["train"], parts["test"]
     else:
         val = splits[val_name]

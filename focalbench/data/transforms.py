@@ -5,10 +5,32 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import rand_augment_transform
+
+
+class SeededTransform:
+    """An albumentations pipeline whose random stream follows torch's seeding, so ``seed_everything`` reproduces
+    a run: albumentations 2.x draws from its own generator, seeded from the OS unless told otherwise.
+
+    Each DataLoader worker reseeds from its torch worker seed (distinct per worker, epoch and rank); without workers
+    the process's initial torch seed is used.
+    """
+
+    def __init__(self, pipeline: A.Compose) -> None:
+        self.pipeline = pipeline
+        self._seed: int | None = None
+
+    def __call__(self, **data):
+        info = torch.utils.data.get_worker_info()
+        seed = info.seed if info is not None else torch.initial_seed()
+        if seed != self._seed:
+            self.pipeline.set_random_seed(seed % 2**32)
+            self._seed = seed
+        return self.pipeline(**data)
 
 
 class RandAugment(A.ImageOnlyTransform):
@@ -22,6 +44,9 @@ class RandAugment(A.ImageOnlyTransform):
         self.config = config
         hparams = {"translate_const": int(image_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
         hparams["interpolation"] = Image.BICUBIC
+        # At magnitude 10 timm's increasing Posterize keeps 0 bits, which Pillow >= 12 rejects; just below 10 it
+        # keeps 1 bit. Only draws of m9±0.5 that reach 10 (about 2 %) are affected.
+        hparams["magnitude_max"] = 9.99
         self.policy = rand_augment_transform(config, hparams)
 
     def apply(self, img: np.ndarray, **params) -> np.ndarray:
@@ -40,7 +65,7 @@ def classification_train_transform(
     random_erasing: float = 0.25,
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
-) -> A.Compose:
+) -> SeededTransform:
     """Random-resized crop (bicubic), flip, RandAugment, normalisation, random erasing (the paper's recipe)."""
     steps: list[A.BasicTransform] = [
         A.RandomResizedCrop(size=(image_size, image_size), scale=scale, interpolation=cv2.INTER_CUBIC),
@@ -53,7 +78,7 @@ def classification_train_transform(
         # timm's "pixel" mode: erased boxes filled with per-pixel normal noise in the normalised space
         steps.append(A.Erasing(p=random_erasing, scale=(0.02, 1 / 3), fill="random_uniform"))
     steps.append(ToTensorV2())
-    return A.Compose(steps)
+    return SeededTransform(A.Compose(steps))
 
 
 def classification_eval_transform(
