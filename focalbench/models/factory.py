@@ -45,10 +45,17 @@ class TimmBackbone(nn.Module):
     """Any timm model as a multi-scale backbone with the same interface as :class:`FocalNetBackbone`."""
 
     def __init__(
-        self, name: str, pretrained: str | bool | None = None, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs
+        self, name: str, pretrained: str | bool | None = None, out_indices: Sequence[int] | None = None, **kwargs
     ) -> None:
         super().__init__()
         import timm
+
+        if out_indices is None:
+            # The last four levels at stride >= 4 (ResNets also expose their stride-2 stem as level 0).
+            reductions = timm.create_model(
+                name, features_only=True, pretrained=False, **kwargs
+            ).feature_info.reduction()
+            out_indices = [i for i, r in enumerate(reductions) if r >= 4][-4:]
 
         self.body = timm.create_model(
             name,
@@ -78,11 +85,11 @@ def build_backbone(
     name: str,
     *,
     pretrained: str | os.PathLike | None = None,
-    out_indices: Sequence[int] = (0, 1, 2, 3),
+    out_indices: Sequence[int] | None = None,
     **overrides,
 ) -> nn.Module:
     """A dense-task backbone: a FocalNet variant (per-stage norms, focal window from ``overrides``) or any timm
-    model with ``features_only=True``. Both expose ``out_channels``, ``strides``, ``size_divisibility`` and return a
+    model with ``features_only=True`` (by default its last four levels at stride >= 4, e.g. 4/8/16/32). Both expose ``out_channels``, ``strides``, ``size_divisibility`` and return a
     list of NCHW feature maps."""
     if name not in VARIANTS:
         try:
@@ -95,7 +102,7 @@ def build_backbone(
             get_variant(name)  # raises with the known FocalNet names and the closest match
         return TimmBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
     variant = get_variant(name)
-    model = FocalNetBackbone(out_indices=out_indices, **{**variant.kwargs, **overrides})
+    model = FocalNetBackbone(out_indices=out_indices or (0, 1, 2, 3), **{**variant.kwargs, **overrides})
     model.variant = variant
     if pretrained:
         load_into(model, pretrained)

@@ -8,7 +8,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from focalbench.callbacks.predictions import ClassificationCSVWriter
@@ -87,8 +87,15 @@ class ClassificationTask(BaseTask):
 
     def configure_metrics(self) -> None:
         k = self.hparams.num_classes
+        # Top-k accuracy over all samples (micro), as ImageNet results are reported. No compute groups: top-1 and
+        # top-5 hold states of the same shape, and torchmetrics would merge them after a batch where they agree.
         accuracy = MetricCollection(
-            {"acc1": MulticlassAccuracy(k, top_k=1), "acc5": MulticlassAccuracy(k, top_k=min(5, k))}
+            {
+                "acc1": MulticlassAccuracy(k, top_k=1, average="micro"),
+                "acc5": MulticlassAccuracy(k, top_k=min(5, k), average="micro"),
+                "loss": MeanMetric(),
+            },
+            compute_groups=False,
         )
         self.val_metrics = accuracy.clone(prefix="val_")
         self.test_metrics = accuracy.clone(prefix="test_")
@@ -133,21 +140,26 @@ class ClassificationTask(BaseTask):
         if self.model_ema is not None:
             self.model_ema.update(self.model, step=self.global_step)
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> torch.Tensor:
+    @staticmethod
+    def _update(metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        for name, metric in metrics.items(keep_base=True):
+            # the loss is a per-sample mean weighted by batch size, so uneven DDP shards average exactly
+            metric.update(loss, weight=len(labels)) if name == "loss" else metric.update(logits, labels)
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
         logits = self(images)
-        loss = self.eval_loss(logits, labels)
-        metrics.update(logits, labels)
-        self.log(f"{stage}_loss", loss, batch_size=len(images), sync_dist=True)
+        self._update(metrics, logits, labels, self.eval_loss(logits, labels))
         self.log_dict(metrics, batch_size=len(images), prog_bar=True)
         return logits
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self._evaluate(batch, self.val_metrics, "val")
+        logits = self._evaluate(batch, self.val_metrics)
         self.val_class_accuracy.update(logits, batch["label"])
         self.val_confusion.update(logits, batch["label"])
         if self.val_ema_metrics is not None:
-            self.val_ema_metrics.update(self.model_ema(batch["image"]), batch["label"])
+            ema_logits = self.model_ema(batch["image"])
+            self._update(self.val_ema_metrics, ema_logits, batch["label"], self.eval_loss(ema_logits, batch["label"]))
             self.log_dict(self.val_ema_metrics, batch_size=len(batch["label"]))
 
     def on_validation_epoch_end(self) -> None:
@@ -157,7 +169,7 @@ class ClassificationTask(BaseTask):
         self.val_confusion.reset()  # drawn by the ConfusionMatrixImage callback, which runs before this hook
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["image"]).softmax(-1)

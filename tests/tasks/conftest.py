@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from focalbench.cli import CONFIG_DIR
+
+REPO = CONFIG_DIR.parent
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
@@ -38,3 +46,32 @@ def image_folder(tmp_path: Path) -> Path:
 def tiny_args() -> list[str]:
     """CLI overrides: a tiny backbone, 32 px images, small batches, no worker processes."""
     return TINY + FAST
+
+
+@pytest.fixture
+def make_class_folders():
+    """The folder writer, for tests that need their own counts."""
+    return write_class_folders
+
+
+def _validate(config: str, devices: int, log_dir: Path, extra: list[str]) -> dict[str, float]:
+    """Run ``cli.py validate`` as users do (DDP re-launches the script per rank) and read the logged metrics."""
+    command = [
+        sys.executable, str(REPO / "cli.py"), "validate", "--config", config,
+        "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
+        "--trainer.strategy", "ddp" if devices > 1 else "auto", "--trainer.callbacks", "[]",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(log_dir),
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=log_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(open(next(log_dir.rglob("metrics.csv")))))
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val_") and v}
+
+
+@pytest.fixture
+def cli_validate():
+    """``cli_validate(config, devices, log_dir, extra_args) -> {metric: value}``: ``cli.py validate`` in a
+    subprocess (DDP needs a script to re-launch), metrics read back from a CSVLogger."""
+    return _validate
