@@ -89,8 +89,8 @@ def build_backbone(
     **overrides,
 ) -> nn.Module:
     """A dense-task backbone: a FocalNet variant (per-stage norms, focal window from ``overrides``) or any timm
-    model with ``features_only=True`` (by default its last four levels at stride >= 4, e.g. 4/8/16/32). Both expose ``out_channels``, ``strides``, ``size_divisibility`` and return a
-    list of NCHW feature maps."""
+    model with ``features_only=True`` (by default its last four levels at stride >= 4, e.g. 4/8/16/32). Both
+    expose ``out_channels``, ``strides``, ``size_divisibility`` and return a list of NCHW feature maps."""
     if name not in VARIANTS:
         try:
             import timm

@@ -125,3 +125,13 @@ def test_resume_from_last_equals_uninterrupted_run(image_folder, tmp_path, tiny_
     assert resumed.trainer.global_step == full.trainer.global_step
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_demo_config_runs_on_the_embedded_data(tmp_path):
+    cli = run(
+        "fit", "--config", "demo_cls.yaml", "--trainer.fast_dev_run", "true", "--data.num_workers", "0",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert cli.datamodule.class_names == ["circle", "square", "star", "triangle"]
+    assert cli.model.hparams.num_classes == 4
+    assert torch.isfinite(cli.trainer.callback_metrics["val_acc1"])
