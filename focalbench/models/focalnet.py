@@ -25,6 +25,8 @@ from timm.layers import LayerNorm2d as _LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from focalbench.models.fused import block_fused, fused_path_available
+
 
 def LayerNorm2d(dim: int) -> nn.Module:  # noqa: N802 - a layer factory, named like the layer it builds
     """LayerNorm over C of an NCHW map, eps 1e-5 as the official code's ``nn.LayerNorm`` (timm's default is 1e-6)."""
@@ -120,10 +122,14 @@ class FocalNetBlock(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
+    fused_inference = True  # see focalbench.models.fused; ``FocalNet.set_fused_inference(False)`` turns it off
+
     def _scaled(self, x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
         return self.drop_path(x if gamma is None else gamma.view(1, -1, 1, 1) * x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_inference and fused_path_available(x, self):
+            return block_fused(self, x)
         if self.use_post_norm:
             x = x + self._scaled(self.norm1(self.modulation(x)), self.gamma_1)
             return x + self._scaled(self.norm2(self.mlp(x)), self.gamma_2)
@@ -269,6 +275,12 @@ class _FocalNetTrunk(nn.Module):
         """Recompute each block in the backward pass (activation checkpointing): less memory, ~1/3 more time."""
         for stage in self.layers:
             stage.grad_checkpointing = enable
+
+    def set_fused_inference(self, enable: bool = True) -> None:
+        """Use oneDNN post-op fusion for no-grad CPU forwards (``focalbench.models.fused``); on by default."""
+        for module in self.modules():
+            if isinstance(module, FocalNetBlock):
+                module.fused_inference = enable
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last from here on: every later op keeps it, so no layout copies are made in the network.

@@ -1,0 +1,64 @@
+"""The oneDNN fused inference path computes the same function as the plain modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from focalbench.models import VARIANTS, create_model
+
+TINY = {"embed_dim": 16, "depths": (1, 1, 2, 1)}
+# one variant per combination of flags: plain, LayerScale + post-norm (+ normalize), post-norm in modulation, iso
+FLAG_VARIANTS = ["focalnet_tiny_lrf", "focalnet_large_fl4", "focalnet_huge_fl3", "focalnet_base_iso"]
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    overrides = {"embed_dim": 32, "depths": (2,)} if name.endswith("_iso") else TINY
+    model = create_model(name, num_classes=10, **overrides).eval()
+    with torch.no_grad():  # non-trivial LayerScale and norms, so folding γ into the weights is exercised
+        for param_name, param in model.named_parameters():
+            if "gamma" in param_name:
+                param.normal_(0, 1)
+            elif "norm" in param_name and param.ndim == 1:
+                param.normal_(1 if param_name.endswith("weight") else 0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("name", FLAG_VARIANTS)
+def test_fused_equals_plain_fp32(name):
+    assert name in VARIANTS
+    model, x = _model(name), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model.set_fused_inference(False)
+        plain = model(x)
+        model.set_fused_inference(True)
+        fused = model(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FLAG_VARIANTS)
+def test_fused_bf16_autocast_stays_within_bf16_error(name):
+    model, x = _model(name), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)  # fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.set_fused_inference(False)
+            plain = model(x).float()
+            model.set_fused_inference(True)
+            fused = model(x).float()
+    scale = reference.abs().max()
+    # bf16 keeps ~3 significant digits; both bf16 paths sit within 2 % of the logit range of fp32
+    assert (plain - reference).abs().max() <= 0.02 * scale
+    assert (fused - reference).abs().max() <= 0.02 * scale
+
+
+def test_training_and_grad_mode_use_the_autograd_path():
+    model, x = _model("focalnet_tiny_srf"), torch.randn(2, 3, 32, 32)
+    model.train()
+    model(x).sum().backward()
+    assert model.layers[0].blocks[0].mlp.fc1.weight.grad is not None
+    model.eval()
+    model.zero_grad()
+    model(x).sum().backward()  # eval but grad enabled: still differentiable
+    assert model.layers[0].blocks[0].modulation.h.weight.grad is not None
