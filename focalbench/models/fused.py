@@ -40,10 +40,22 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _weight(conv: nn.Conv2d, dtype: torch.dtype, scale: torch.Tensor | None = None):
+    """The conv's weight and bias in ``dtype`` with γ folded in, cached on the module until any of them changes
+    (an optimizer step bumps the tensors' versions), so repeated forwards do not re-cast or re-scale them."""
+    key = (dtype, conv.weight._version, conv.weight.data_ptr())
+    if conv.bias is not None:
+        key += (conv.bias._version,)
+    if scale is not None:
+        key += (scale._version, scale.data_ptr())
+    cached = getattr(conv, "_fused_weights", None)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
     weight, bias = conv.weight, conv.bias
     if scale is not None:
         weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale if bias is not None else None
-    return weight.to(dtype), bias.to(dtype) if bias is not None else None
+    weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
+    object.__setattr__(conv, "_fused_weights", (key, weight, bias))  # a plain attribute: not in the state dict
+    return weight, bias
 
 
 def conv_gelu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

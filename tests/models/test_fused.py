@@ -62,3 +62,17 @@ def test_training_and_grad_mode_use_the_autograd_path():
     model.zero_grad()
     model(x).sum().backward()  # eval but grad enabled: still differentiable
     assert model.layers[0].blocks[0].modulation.h.weight.grad is not None
+
+
+def test_cached_fused_weights_follow_weight_updates():
+    model, x = _model("focalnet_large_fl4"), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        for param in model.parameters():  # what an optimizer step or load_state_dict does: in-place updates
+            param.mul_(1.1)
+        model.set_fused_inference(False)
+        expected = model(x)
+        model.set_fused_inference(True)
+        after = model(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
