@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from datasets.distributed import split_dataset_by_node
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from focalbench.data.images import read_rgb
 
@@ -73,6 +74,8 @@ class BaseDataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool, collate_fn: Callable | None = None) -> DataLoader:
         world, rank = self._replicas()
+        if isinstance(dataset, IterableDataset):
+            return self._stream_loader(dataset, train, collate_fn, world, rank)
         if train:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         else:
@@ -89,6 +92,27 @@ class BaseDataModule(LightningDataModule):
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )
+
+    def _stream_loader(
+        self, dataset: IterableDataset, train: bool, collate_fn: Callable | None, world: int, rank: int
+    ) -> DataLoader:
+        """A streamed data set: each rank reads its own shard (``split_dataset_by_node``); training shuffles with a
+        buffer, reseeded per epoch by the task (``set_epoch``)."""
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
+        if train:
+            dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            drop_last=train,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )
+
+    shuffle_buffer = 1000  # streamed training data: examples held for shuffling
 
     def collate_fn(self) -> Callable | None:
         """The batch collation; the default stacks tensors (detection overrides it)."""

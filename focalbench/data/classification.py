@@ -10,7 +10,7 @@ import datasets
 
 from focalbench.data.base import BaseDataModule
 from focalbench.data.images import ImageDecodeError, open_image, read_rgb
-from focalbench.data.sources import DataSourceError, load_source, require_columns, train_val_splits
+from focalbench.data.sources import DataSourceError, load_source, pick_split, require_columns, train_val_splits
 from focalbench.data.transforms import classification_eval_transform, classification_train_transform
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ class ClassificationDataModule(BaseDataModule):
             of the image, timm RandAugment, erasing 0.25, evaluation crop 0.875).
         augment: False trains on the evaluation transform (no randomness: linear probes, exact-resume checks).
         skip_corrupt: drop unreadable images at setup (counted and reported) instead of failing on the first one.
+        streaming: read the data lazily (``datasets`` streaming: data larger than the disk); needs train and
+            validation splits and class names from the data's features or ``class_names``; each DDP rank reads its
+            own shard (``split_dataset_by_node``). Labels and images are then checked as they are read.
     """
 
     demo_subdir = "classification"
@@ -56,6 +59,7 @@ class ClassificationDataModule(BaseDataModule):
         random_erasing: float = 0.25,
         crop_pct: float = 0.875,
         skip_corrupt: bool = False,
+        streaming: bool = False,
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
         self.image_column = image_column
@@ -70,14 +74,15 @@ class ClassificationDataModule(BaseDataModule):
         self.random_erasing = random_erasing
         self.crop_pct = crop_pct
         self.skip_corrupt = skip_corrupt
+        self.streaming = streaming
         self.skipped_images = 0
 
     # ------------------------------------------------------------------ the data
     @cached_property
     def _source(self) -> datasets.DatasetDict:
-        source = load_source(self.data_root, self.dataset)
+        source = load_source(self.data_root, self.dataset, streaming=self.streaming)
         for name, ds in source.items():
-            if len(ds) == 0:
+            if not self.streaming and len(ds) == 0:
                 raise DataSourceError(f"the {name} split is empty")
             require_columns(ds, {"image_column": self.image_column, "label_column": self.label_column}, name)
         return source
@@ -85,11 +90,13 @@ class ClassificationDataModule(BaseDataModule):
     @cached_property
     def class_names(self) -> list[str]:
         """Class names, from the data's ``ClassLabel`` feature, ``class_names``, or the sorted label strings."""
-        feature = next(iter(self._source.values())).features[self.label_column]
-        if isinstance(feature, datasets.ClassLabel):
-            return list(feature.names)
+        features = next(iter(self._source.values())).features or {}
+        if isinstance(features.get(self.label_column), datasets.ClassLabel):
+            return list(features[self.label_column].names)
         if self.given_class_names:
             return self.given_class_names
+        if self.streaming:
+            raise DataSourceError("a streamed data set without ClassLabel features needs data.class_names")
         values = set().union(*(set(ds[self.label_column]) for ds in self._source.values()))
         if all(isinstance(v, str) for v in values):
             return sorted(values)
@@ -101,26 +108,37 @@ class ClassificationDataModule(BaseDataModule):
 
     @cached_property
     def _splits(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        if self.streaming:
+            return self._stream_splits()
         encoded = datasets.DatasetDict({name: self._encode_labels(ds, name) for name, ds in self._source.items()})
         return train_val_splits(encoded, self.train_split, self.val_split, self.val_fraction, self.seed, "label")
 
+    def _label_index(self, value, where: str) -> int:
+        """A label (class name or id) as an index in [0, num_classes); the error names where it was found."""
+        names = self.class_names
+        if isinstance(value, str):
+            if value not in names:
+                raise DataSourceError(f"{where}: unknown class name '{value}'; known classes: {names}")
+            return names.index(value)
+        if value is None or not 0 <= int(value) < len(names):
+            raise DataSourceError(f"{where}: label {value} out of range for {len(names)} classes (0..{len(names) - 1})")
+        return int(value)
+
     def _encode_labels(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         """Integer ``label`` in [0, num_classes), checked once over the whole column (errors name row and value)."""
-        names = self.class_names
-        index = {name: i for i, name in enumerate(names)}
-        encoded = []
-        for row, value in enumerate(ds[self.label_column]):
-            if isinstance(value, str):
-                if value not in index:
-                    raise DataSourceError(f"{split} row {row}: unknown class name '{value}'; known classes: {names}")
-                value = index[value]
-            if value is None or not 0 <= int(value) < len(names):
-                raise DataSourceError(
-                    f"{split} row {row}: label {value} out of range for {len(names)} classes (0..{len(names) - 1})"
-                )
-            encoded.append(int(value))
+        encoded = [self._label_index(value, f"{split} row {row}") for row, value in enumerate(ds[self.label_column])]
         ds = ds.remove_columns(self.label_column).add_column("label", encoded)
-        return ds.cast_column("label", datasets.ClassLabel(names=names))
+        return ds.cast_column("label", datasets.ClassLabel(names=self.class_names))
+
+    def _stream_splits(self) -> tuple[datasets.IterableDataset, datasets.IterableDataset]:
+        train_name = pick_split(self._source, self.train_split, "train")
+        val_name = pick_split(self._source, self.val_split, "val")
+        if train_name is None or val_name is None or train_name == val_name:
+            raise DataSourceError(
+                f"streaming needs separate train and validation splits; the data has {list(self._source)} "
+                "(set data.train_split / data.val_split, or turn data.streaming off for a hold-out split)"
+            )
+        return self._source[train_name], self._source[val_name]
 
     def _drop_unreadable(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         bad = []
@@ -138,6 +156,14 @@ class ClassificationDataModule(BaseDataModule):
         ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
         if self.image_column != "image":
             ds = ds.rename_column(self.image_column, "image")
+        if self.streaming:
+            label_column = self.label_column
+
+            def apply_one(example: dict) -> dict:
+                label = self._label_index(example[label_column], f"{split} example {example['image'].get('path')}")
+                return {"image": transform(image=read_rgb(example["image"]))["image"], "label": label}
+
+            return ds.map(apply_one, remove_columns=ds.column_names)
         if self.skip_corrupt:
             ds = self._drop_unreadable(ds, split)
         ds = ds.select_columns(["image", "label"])

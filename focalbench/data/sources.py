@@ -28,8 +28,11 @@ def load_source(
     config_name: str | None = None,
     revision: str | None = None,
     data_files: dict[str, str] | None = None,
-) -> datasets.DatasetDict:
+    streaming: bool = False,
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Open a data set: ``root`` (image folder, CSV file, or saved dataset) or ``dataset`` (hub id or builder name).
+
+    With ``streaming`` the splits are ``IterableDataset``s read lazily (hub data sets larger than the disk).
 
     Offline, with no local copy of a hub data set, the error says which id was looked for and how to point the
     config at a local copy instead.
@@ -40,16 +43,21 @@ def load_source(
             raise DataSourceError(f"data.root '{root}' does not exist")
         if path.is_dir() and _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
-            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+            loaded = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+            if streaming:
+                return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
+            return loaded
         if path.is_file() and path.suffix == ".csv":
-            return datasets.load_dataset("csv", data_files={"train": str(path)})
+            return datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=streaming)
         if path.is_dir():
-            return datasets.load_dataset("imagefolder", data_dir=str(path))
+            return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
         raise DataSourceError(f"data.root '{root}': expected a folder, a .csv file or a saved dataset")
     if dataset is None:
         raise DataSourceError("set data.root (a local folder) or data.dataset (a Hugging Face hub id)")
     try:
-        return datasets.load_dataset(dataset, config_name, revision=revision, data_files=data_files)
+        return datasets.load_dataset(
+            dataset, config_name, revision=revision, data_files=data_files, streaming=streaming
+        )
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
         raise DataSourceError(
             f"could not load the data set '{dataset}' ({type(err).__name__}: {str(err)[:300]}). If it cannot be "
@@ -69,6 +77,8 @@ def pick_split(splits: datasets.DatasetDict, name: str | None, role: str) -> str
 
 def require_columns(ds: datasets.Dataset, columns: dict[str, str], where: str) -> None:
     """Fail with the list of present columns when a configured column is missing."""
+    if ds.column_names is None:  # a stream whose schema is not known before reading
+        return
     for key, column in columns.items():
         if column not in ds.column_names:
             raise DataSourceError(

@@ -28,6 +28,7 @@ def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
     """Whether the fused forward applies: CPU tensor, no grad wanted, eval mode, oneDNN present."""
     return (
         x.device.type == "cpu"
+        and not torch.compiler.is_compiling()  # under torch.compile, inductor does its own fusion
         and not module.training
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()

@@ -120,6 +120,12 @@ class BaseTask(LightningModule):
             for stage in backbone.layers[: self.hparams.frozen_stages]:
                 stage.requires_grad_(False)
 
+    def on_train_epoch_start(self) -> None:
+        # Streamed (iterable) data sets shuffle by seed + epoch; samplers get their epoch from Lightning itself.
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
     def configure_optimizers(self) -> dict:
         groups = param_groups(self.backbone_module(), self.head_modules(), self.hparams.layer_decay)
         optimizer = self.optimizer(groups)

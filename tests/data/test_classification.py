@@ -119,7 +119,8 @@ def test_empty_split_and_missing_root_are_errors(tmp_path, monkeypatch):
     empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=train.features)
     # (datasets itself cannot reload an empty saved split, so the source is handed over in memory)
     monkeypatch.setattr(
-        "focalbench.data.classification.load_source", lambda *a: datasets.DatasetDict(train=train, validation=empty)
+        "focalbench.data.classification.load_source",
+        lambda *a, **k: datasets.DatasetDict(train=train, validation=empty),
     )
     with pytest.raises(DataSourceError, match="the validation split is empty"):
         _module(root=str(tmp_path)).setup("fit")
@@ -134,3 +135,30 @@ def test_empty_split_and_missing_root_are_errors(tmp_path, monkeypatch):
 def test_offline_hub_dataset_says_how_to_use_a_local_copy():
     with pytest.raises(DataSourceError, match=r"'no-such-user/no-such-dataset'.*set data.root"):
         _module(dataset="no-such-user/no-such-dataset").setup("fit")
+
+
+def test_streaming_shards_by_rank_and_checks_labels_as_it_reads(tmp_path):
+    root = tmp_path / "data"
+    _folder(root / "train", per_class=6)
+    _folder(root / "val", per_class=3)
+    module = _module(root=str(root), streaming=True, augment=False)
+    module.setup("fit")
+    assert module.class_names == ["cat", "dog"]
+    assert isinstance(module.train_set, datasets.IterableDataset)
+
+    def labels_seen(rank: int) -> list[str]:
+        module._replicas = lambda: (2, rank)  # what a 2-process DDP trainer reports
+        return [p for batch in module.val_dataloader() for p in batch["label"].tolist()]
+
+    seen = [labels_seen(0), labels_seen(1)]
+    assert len(seen[0]) + len(seen[1]) == 6  # every validation image once, split between the ranks
+    module._replicas = lambda: (1, 0)
+    batch = next(iter(module.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 16, 16)
+
+    bad = tmp_path / "bad.csv"
+    image = _image(tmp_path / "x.png")
+    bad.write_text(f"image,label\n{image},0\n{image},9\n")
+    streamed = _module(root=str(bad), streaming=True, class_names=["a", "b"], train_split="train", val_split="train")
+    with pytest.raises(DataSourceError, match="separate train and validation splits"):
+        streamed.setup("fit")

@@ -135,3 +135,14 @@ def test_demo_config_runs_on_the_embedded_data(tmp_path):
     assert cli.datamodule.class_names == ["circle", "square", "star", "triangle"]
     assert cli.model.hparams.num_classes == 4
     assert torch.isfinite(cli.trainer.callback_metrics["val_acc1"])
+
+
+def test_streaming_fit(image_folder, tmp_path, tiny_args):
+    cli = run(
+        "fit", "--config", "cls_custom.yaml", "--data.root", str(image_folder), "--model.pretrained", "null",
+        "--data.streaming", "true", "--trainer.max_epochs", "2", "--trainer.precision", "32",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.callbacks", "[]", *tiny_args,
+    )  # fmt: skip
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step > 0
+    assert cli.trainer.train_dataloader.dataset._epoch == 1  # the shuffle buffer was reseeded for the 2nd epoch
+    assert 0.0 <= float(cli.trainer.callback_metrics["val_acc1"]) <= 1.0
