@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from focalbench.callbacks.tensorboard import displayable, grid, log_figure
-from focalbench.models.focalnet import FocalModulation, _FocalNetTrunk
+from focalbench.models.focalnet import FocalModulation, FocalNetBlock, _FocalNetTrunk
 
 
 def last_modulation(module: torch.nn.Module) -> tuple[torch.nn.Module, FocalModulation] | tuple[None, None]:
@@ -22,11 +22,17 @@ def modulation_maps(trunk: torch.nn.Module, modulation: FocalModulation, images:
     """Mean over channels of |M| = |h(Z_out)| at the last block, upsampled to the image size (B, H, W)."""
     captured = {}
     handle = modulation.h.register_forward_hook(lambda _m, _i, out: captured.setdefault("m", out))
+    blocks = [m for m in trunk.modules() if isinstance(m, FocalNetBlock)]
+    fused = [block.fused_inference for block in blocks]
     try:
+        for block in blocks:  # the fused inference path calls oneDNN directly, so module hooks would not fire
+            block.fused_inference = False
         with torch.no_grad():
             trunk.forward_stages(images)
     finally:
         handle.remove()
+        for block, state in zip(blocks, fused):
+            block.fused_inference = state
     maps = captured["m"].abs().mean(1, keepdim=True).float()
     return F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 

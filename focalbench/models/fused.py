@@ -12,6 +12,8 @@ cache. The fused forms used here, all exact (erf GELU, fp32 accumulation):
 
 These oneDNN ops have no autograd, so the path runs only where no gradient is wanted (``torch.no_grad`` /
 ``inference_mode``, eval mode), on CPU, in fp32 or under CPU bf16 autocast. Elsewhere the plain modules run.
+Forward hooks on the inner modules (``modulation.h``, ``mlp.fc1`` …) do not fire on this path: call
+``set_fused_inference(False)`` on the model first (the modulation-map callback does).
 """
 
 from __future__ import annotations
