@@ -237,7 +237,8 @@ class _FocalNetTrunk(nn.Module):
         )
         self.pos_drop = nn.Dropout(drop_rate)
         # Stochastic depth grows linearly with block index over the whole network (paper, appendix).
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(1, total - 1) for i in range(total)]
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
