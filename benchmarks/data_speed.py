@@ -40,9 +40,7 @@ def write_folder(root: Path, classes: int, per_class: int, size: tuple[int, int]
 
 
 def loader_rate(root: Path, workers: int, batch_size: int, image_size: int, batches: int) -> float:
-    module = ClassificationDataModule(
-        root=str(root), image_size=image_size, batch_size=batch_size, num_workers=workers
-    )
+    module = ClassificationDataModule(root=str(root), image_size=image_size, batch_size=batch_size, num_workers=workers)
     module.setup("fit")
     iterator = iter(module.train_dataloader())
     next(iterator)  # worker start-up is not throughput

@@ -1,0 +1,237 @@
+"""Forward and train-step speed of our FocalNet vs timm's FocalNet, Swin-T and ConvNeXt-T, in one process.
+
+    python benchmarks/backbone_speed.py                         # fp32 eager, CPU, 2 threads, batch 8, 224 px
+    python benchmarks/backbone_speed.py --precision bf16        # autocast bf16 for every model
+    python benchmarks/backbone_speed.py --compile               # torch.compile every model (compile time shown)
+    python benchmarks/backbone_speed.py --device cuda --batch-size 64 --threads 16
+
+Every model gets the same input, precision, memory format and compile setting. Forward: ``inference_mode``,
+eval. Train step: forward, cross-entropy, backward, AdamW step, in train mode with the models' default drop path.
+Each figure is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones; the models are timed in
+turn within each round, so a change of machine load hits all of them alike. ``GFLOP/s`` is the model's
+multiply-accumulate count x 2 per image times forward img/s; ``%peak`` divides it by the dense matmul rate this
+machine reaches in the same precision (measured first). Memory: ``act. MB`` is what autograd saves for the backward
+pass of one training forward (exact, counted over distinct storages; the dominant, implementation-dependent part
+of training memory); on CUDA also the allocator's peak over a train step (``peak MB``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+
+import timm
+import torch
+
+from focalbench.models import create_model
+
+PAIRS = {"focalnet_tiny_srf": "timm:focalnet_tiny_srf", "focalnet_tiny_lrf": "timm:focalnet_tiny_lrf"}
+DEFAULT_MODELS = [
+    "focalnet_tiny_srf", "timm:focalnet_tiny_srf", "focalnet_tiny_lrf", "timm:focalnet_tiny_lrf",
+    "timm:swin_tiny_patch4_window7_224", "timm:convnext_tiny",
+]  # fmt: skip
+
+
+def build(name: str) -> torch.nn.Module:
+    return timm.create_model(name[5:], pretrained=False) if name.startswith("timm:") else create_model(name)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(args) -> object:
+    if args.precision == "fp32":
+        return nullcontext()
+    return torch.autocast(args.device, dtype=torch.bfloat16)
+
+
+def timed(fn, args) -> float:
+    """Median seconds of ``args.repeats`` runs after ``args.warmup`` untimed ones."""
+    for _ in range(args.warmup):
+        fn()
+    times = []
+    for _ in range(args.repeats):
+        synchronize(args.device)
+        start = time.perf_counter()
+        fn()
+        synchronize(args.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict, args) -> dict[str, float]:
+    """Median seconds per function, timing them in turn within each round, so a change of machine load during
+    the benchmark hits every model alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(args.warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            synchronize(args.device)
+            start = time.perf_counter()
+            fn()
+            synchronize(args.device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def matmul_peak(args) -> float:
+    """The best dense GEMM rate (GFLOP/s) this machine reaches in the benchmark's precision: ``torch.mm`` at two
+    sizes and a large 1x1 convolution in channels_last (oneDNN); the ceiling for convolution-bound models."""
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    rates = []
+    for n in (2048, 4096) if args.device == "cpu" else (8192,):
+        a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
+        rates.append(2 * n**3 / timed(lambda a=a, b=b: a @ b, args) / 1e9)
+    x = torch.randn(8, 512, 56, 56, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 1, 1, device=args.device, dtype=dtype)
+    with torch.no_grad():
+        rates.append(2 * x.numel() * 512 / timed(lambda: torch.nn.functional.conv2d(x, w), args) / 1e9)
+    return max(rates)
+
+
+def gmacs(name: str, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build(name).eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.empty(1, 3, size, size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def prepare(model: torch.nn.Module, args) -> torch.nn.Module:
+    model = model.to(args.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if args.compile else model
+
+
+def measure(names: list[str], args) -> dict[str, dict]:
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch_size,), device=args.device)
+    models = {name: prepare(build(name), args) for name in names}
+    results = {name: {"name": name, "compile_s": 0.0} for name in names}
+
+    def forward(model):
+        def run() -> None:
+            with torch.inference_mode(), autocast(args):
+                model(x)
+
+        return run
+
+    for name, model in models.items():
+        model.eval()
+        start = time.perf_counter()
+        forward(model)()  # the first call compiles
+        synchronize(args.device)
+        if args.compile:
+            results[name]["compile_s"] = time.perf_counter() - start
+    for name, seconds in interleaved({n: forward(m) for n, m in models.items()}, args).items():
+        results[name]["fwd"] = args.batch_size / seconds
+
+    def train_step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def run() -> None:
+            with autocast(args):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    for model in models.values():
+        model.train()
+    for name, seconds in interleaved({n: train_step(m) for n, m in models.items()}, args).items():
+        results[name]["train"] = args.batch_size / seconds
+    if args.device == "cuda":
+        for name, model in models.items():
+            torch.cuda.reset_peak_memory_stats()
+            train_step(model)()
+            results[name]["mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return results
+
+
+def saved_activation_mb(model: torch.nn.Module, args) -> float:
+    """Bytes autograd keeps for the backward pass of one training forward (activations; parameters excluded),
+    counted through ``saved_tensors_hooks`` over distinct storages: exact and independent of the allocator."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(args):
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="ours by variant name, timm as timm:NAME")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    peak = matmul_peak(args)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    print(
+        f"# {device}; {args.precision}; compile={args.compile}; channels_last={args.channels_last}; "
+        f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; matmul peak {peak:.0f} GFLOP/s"
+    )
+    results = measure(args.models, args)
+    for name, result in results.items():
+        result["gflops"] = 2 * gmacs(name, args.image_size) * result["fwd"]
+        result["saved_mb"] = saved_activation_mb(build(name).to(args.device), args)
+
+    columns = f"{'fwd img/s':>10} {'train img/s':>12} {'GFLOP/s':>8} {'%peak':>6} {'act. MB':>8} {'peak MB':>8}"
+    columns += f" {'compile s':>9}"
+    print(f"{'model':<36} {columns}")
+    for name, r in results.items():
+        peak_mb = f"{r['mem_mb']:.0f}" if "mem_mb" in r else "-"
+        print(
+            f"{name:<36} {r['fwd']:>10.1f} {r['train']:>12.2f} {r['gflops']:>8.0f} {100 * r['gflops'] / peak:>5.0f}% "
+            f"{r['saved_mb']:>8.0f} {peak_mb:>8} {r['compile_s']:>9.1f}"
+        )
+    print("\nratios, ours / timm (same settings):")
+    for ours, peer in PAIRS.items():
+        if ours in results and peer in results:
+            a, b = results[ours], results[peer]
+            mem = f", activation memory {a['saved_mb'] / b['saved_mb']:.2f}x"
+            if "mem_mb" in a and "mem_mb" in b:
+                mem += f", CUDA peak memory {a['mem_mb'] / b['mem_mb']:.2f}x"
+            print(f"  {ours}: forward {a['fwd'] / b['fwd']:.2f}x, train step {a['train'] / b['train']:.2f}x{mem}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "matmul_peak_gflops": peak, "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
