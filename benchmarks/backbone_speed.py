@@ -4,6 +4,7 @@
     python benchmarks/backbone_speed.py --precision bf16        # autocast bf16 for every model
     python benchmarks/backbone_speed.py --compile               # torch.compile every model (compile time shown)
     python benchmarks/backbone_speed.py --device cuda --batch-size 64 --threads 16
+    python benchmarks/backbone_speed.py --models focalnet_tiny_srf@bf16 timm:focalnet_tiny_srf@fp32   # fast path
 
 Every model gets the same input, precision, memory format and compile setting. Forward: ``inference_mode``,
 eval. Train step: forward, cross-entropy, backward, AdamW step, in train mode with the models' default drop path.
@@ -35,7 +36,8 @@ DEFAULT_MODELS = [
 ]  # fmt: skip
 
 
-def build(name: str) -> torch.nn.Module:
+def build(spec: str) -> torch.nn.Module:
+    name = spec.split("@")[0]
     return timm.create_model(name[5:], pretrained=False) if name.startswith("timm:") else create_model(name)
 
 
@@ -44,8 +46,10 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def autocast(args) -> object:
-    if args.precision == "fp32":
+def autocast(args, spec: str = "") -> object:
+    """The model's precision: ``--precision``, or the ``@fp32`` / ``@bf16`` suffix of its spec."""
+    precision = spec.split("@")[1] if "@" in spec else args.precision
+    if precision == "fp32":
         return nullcontext()
     return torch.autocast(args.device, dtype=torch.bfloat16)
 
@@ -123,9 +127,9 @@ def measure(names: list[str], args) -> dict[str, dict]:
     models = {name: prepare(build(name), args) for name in names}
     results = {name: {"name": name, "compile_s": 0.0} for name in names}
 
-    def forward(model):
+    def forward(model, spec):
         def run() -> None:
-            with torch.inference_mode(), autocast(args):
+            with torch.inference_mode(), autocast(args, spec):
                 model(x)
 
         return run
@@ -133,18 +137,18 @@ def measure(names: list[str], args) -> dict[str, dict]:
     for name, model in models.items():
         model.eval()
         start = time.perf_counter()
-        forward(model)()  # the first call compiles
+        forward(model, name)()  # the first call compiles
         synchronize(args.device)
         if args.compile:
             results[name]["compile_s"] = time.perf_counter() - start
-    for name, seconds in interleaved({n: forward(m) for n, m in models.items()}, args).items():
+    for name, seconds in interleaved({n: forward(m, n) for n, m in models.items()}, args).items():
         results[name]["fwd"] = args.batch_size / seconds
 
-    def train_step(model):
+    def train_step(model, spec):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def run() -> None:
-            with autocast(args):
+            with autocast(args, spec):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()
@@ -154,17 +158,17 @@ def measure(names: list[str], args) -> dict[str, dict]:
 
     for model in models.values():
         model.train()
-    for name, seconds in interleaved({n: train_step(m) for n, m in models.items()}, args).items():
+    for name, seconds in interleaved({n: train_step(m, n) for n, m in models.items()}, args).items():
         results[name]["train"] = args.batch_size / seconds
     if args.device == "cuda":
         for name, model in models.items():
             torch.cuda.reset_peak_memory_stats()
-            train_step(model)()
+            train_step(model, name)()
             results[name]["mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return results
 
 
-def saved_activation_mb(model: torch.nn.Module, args) -> float:
+def saved_activation_mb(model: torch.nn.Module, args, spec: str = "") -> float:
     """Bytes autograd keeps for the backward pass of one training forward (activations; parameters excluded),
     counted through ``saved_tensors_hooks`` over distinct storages: exact and independent of the allocator."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -178,7 +182,7 @@ def saved_activation_mb(model: torch.nn.Module, args) -> float:
 
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(args):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(args, spec):
         model(x).sum().backward()
     model.zero_grad(set_to_none=True)
     return sum(storages.values()) / 2**20
@@ -186,7 +190,12 @@ def saved_activation_mb(model: torch.nn.Module, args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="ours by variant name, timm as timm:NAME")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=DEFAULT_MODELS,
+        help="ours by variant name, timm as timm:NAME; NAME@bf16 / NAME@fp32 overrides --precision for one model",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true")
@@ -209,7 +218,7 @@ def main() -> None:
     results = measure(args.models, args)
     for name, result in results.items():
         result["gflops"] = 2 * gmacs(name, args.image_size) * result["fwd"]
-        result["saved_mb"] = saved_activation_mb(build(name).to(args.device), args)
+        result["saved_mb"] = saved_activation_mb(build(name).to(args.device), args, name)
 
     columns = f"{'fwd img/s':>10} {'train img/s':>12} {'GFLOP/s':>8} {'%peak':>6} {'act. MB':>8} {'peak MB':>8}"
     columns += f" {'compile s':>9}"
@@ -220,14 +229,19 @@ def main() -> None:
             f"{name:<36} {r['fwd']:>10.1f} {r['train']:>12.2f} {r['gflops']:>8.0f} {100 * r['gflops'] / peak:>5.0f}% "
             f"{r['saved_mb']:>8.0f} {peak_mb:>8} {r['compile_s']:>9.1f}"
         )
-    print("\nratios, ours / timm (same settings):")
-    for ours, peer in PAIRS.items():
+    print("\nratios, ours / timm (same settings unless a model names its own precision):")
+    pairs = dict(PAIRS)
+    pairs.update(
+        {n: m for n in results for m in results if "@" in n and not n.startswith("timm:") and m.startswith("timm:")}
+    )
+    for ours, peer in pairs.items():
         if ours in results and peer in results:
             a, b = results[ours], results[peer]
             mem = f", activation memory {a['saved_mb'] / b['saved_mb']:.2f}x"
             if "mem_mb" in a and "mem_mb" in b:
                 mem += f", CUDA peak memory {a['mem_mb'] / b['mem_mb']:.2f}x"
-            print(f"  {ours}: forward {a['fwd'] / b['fwd']:.2f}x, train step {a['train'] / b['train']:.2f}x{mem}")
+            speed = f"forward {a['fwd'] / b['fwd']:.2f}x, train step {a['train'] / b['train']:.2f}x"
+            print(f"  {ours} vs {peer}: {speed}{mem}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "matmul_peak_gflops": peak, "results": results}, handle, indent=2)
