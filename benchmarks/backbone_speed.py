@@ -5,9 +5,11 @@
     python benchmarks/backbone_speed.py --compile               # torch.compile every model (compile time shown)
     python benchmarks/backbone_speed.py --device cuda --batch-size 64 --threads 16
     python benchmarks/backbone_speed.py --models focalnet_tiny_srf@bf16 timm:focalnet_tiny_srf@fp32   # fast path
+    python benchmarks/backbone_speed.py --quick                 # smoke run: batch 2, one timed iteration
 
-Every model gets the same input, precision, memory format and compile setting. Forward: ``inference_mode``,
-eval. Train step: forward, cross-entropy, backward, AdamW step, in train mode with the models' default drop path.
+Every model gets the same input, precision, memory format, compile setting and drop path rate (``--drop-path``).
+Forward: ``inference_mode``, eval (ours then takes its fused oneDNN path on CPU, as it does by default). Train step:
+forward, cross-entropy, backward, AdamW step, in train mode.
 Each figure is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones; the models are timed in
 turn within each round, so a change of machine load hits all of them alike. ``GFLOP/s`` is the model's
 multiply-accumulate count x 2 per image times forward img/s; ``%peak`` divides it by the dense matmul rate this
@@ -36,9 +38,13 @@ DEFAULT_MODELS = [
 ]  # fmt: skip
 
 
-def build(spec: str) -> torch.nn.Module:
+def build(spec: str, drop_path_rate: float = 0.1) -> torch.nn.Module:
+    """Ours by variant name, timm's as ``timm:NAME``; random weights, the same stochastic depth for all (the models'
+    own defaults differ: 0.1 for ours and Swin, 0 for timm's FocalNet and ConvNeXt)."""
     name = spec.split("@")[0]
-    return timm.create_model(name[5:], pretrained=False) if name.startswith("timm:") else create_model(name)
+    if name.startswith("timm:"):
+        return timm.create_model(name[5:], pretrained=False, drop_path_rate=drop_path_rate)
+    return create_model(name, drop_path_rate=drop_path_rate)
 
 
 def synchronize(device: str) -> None:
@@ -124,7 +130,7 @@ def measure(names: list[str], args) -> dict[str, dict]:
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (args.batch_size,), device=args.device)
-    models = {name: prepare(build(name), args) for name in names}
+    models = {name: prepare(build(name, args.drop_path), args) for name in names}
     results = {name: {"name": name, "compile_s": 0.0} for name in names}
 
     def forward(model, spec):
@@ -205,8 +211,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of every model")
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, no warm-up, one timed iteration")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.quick:
+        args.batch_size, args.warmup, args.repeats = 2, 0, 1
     torch.set_num_threads(args.threads)
 
     peak = matmul_peak(args)
@@ -218,7 +228,7 @@ def main() -> None:
     results = measure(args.models, args)
     for name, result in results.items():
         result["gflops"] = 2 * gmacs(name, args.image_size) * result["fwd"]
-        result["saved_mb"] = saved_activation_mb(build(name).to(args.device), args, name)
+        result["saved_mb"] = saved_activation_mb(build(name, args.drop_path).to(args.device), args, name)
 
     columns = f"{'fwd img/s':>10} {'train img/s':>12} {'GFLOP/s':>8} {'%peak':>6} {'act. MB':>8} {'peak MB':>8}"
     columns += f" {'compile s':>9}"
@@ -231,9 +241,10 @@ def main() -> None:
         )
     print("\nratios, ours / timm (same settings unless a model names its own precision):")
     pairs = dict(PAIRS)
-    pairs.update(
-        {n: m for n in results for m in results if "@" in n and not n.startswith("timm:") and m.startswith("timm:")}
-    )
+    for n in results:  # ours@precision against timm's same variant, whatever precision that one names
+        peers = [m for m in results if m.split("@")[0] == "timm:" + n.split("@")[0]]
+        if "@" in n and not n.startswith("timm:") and peers:
+            pairs[n] = peers[0]
     for ours, peer in pairs.items():
         if ours in results and peer in results:
             a, b = results[ours], results[peer]

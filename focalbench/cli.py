@@ -54,7 +54,10 @@ class FocalbenchCLI(LightningCLI):
 
 def main(args: Sequence[str] | None = None) -> LightningCLI:
     """Run the CLI; ``args`` (a list) lets tests run it in-process."""
-    args = resolve_config_args(sys.argv[1:] if args is None else args)
+    if args is None:  # rewritten in place: LightningCLI warns when given args beside a command line
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    else:
+        args = resolve_config_args(args)
     return FocalbenchCLI(
         BaseTask,
         BaseDataModule,

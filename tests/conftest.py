@@ -3,6 +3,9 @@
 import os
 import tempfile
 
+import pytest
+import torch
+
 # Set before huggingface_hub / datasets are imported anywhere: they read these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -10,3 +13,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The embedded demo data is generated once per machine into a temporary cache, never into ~/.cache.
 os.environ.setdefault("FOCALBENCH_CACHE", os.path.join(tempfile.gettempdir(), "focalbench-test-cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: the test models are tiny, and on a busy 2-core machine two OpenMP threads
+    wait on each other (a 64 px FocalNet forward took 700 ms instead of 2 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -42,10 +42,16 @@ class CheckpointError(ValueError):
 
 
 def resolve_weights_file(source: str | os.PathLike) -> Path:
-    """A local weights file, or the file downloaded (or cached) for a hub id (``timm/focalnet_tiny_srf.ms_in1k``)."""
+    """A local weights file (or a folder holding ``model.safetensors`` / ``pytorch_model.bin``), or the file
+    downloaded (or cached) for a hub id (``timm/focalnet_tiny_srf.ms_in1k``)."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():  # a folder from `save_pretrained` or `hf download --local-dir`
+        for filename in HUB_FILENAMES:
+            if (path / filename).is_file():
+                return path / filename
+        raise FileNotFoundError(f"pretrained weights folder '{source}' holds neither {' nor '.join(HUB_FILENAMES)}")
     source = str(source)
     if path.suffix in WEIGHT_SUFFIXES or not _HUB_ID.match(source):
         raise FileNotFoundError(f"pretrained weights file '{source}' does not exist")
@@ -193,6 +199,32 @@ def describe(state: dict[str, torch.Tensor]) -> dict:
     }
 
 
+# What the weights tell of the architecture, in the order of the variants' own arguments below.
+_ARCHITECTURE = ("embed_dim", "depths", "patch_size", "focal_levels", "focal_windows")
+_FLAGS = (("use_overlap_embed", "use_overlap_embed"), ("layerscale", "layerscale_value"))
+_FLAGS += (("post_norm_in_modulation", "use_post_norm_in_modulation"),)
+
+
+def matching_variants(info: dict) -> list[str]:
+    """The registered variants with the architecture :func:`describe` found (the class count and the parameter-free
+    flags, post-norm and ``normalize_modulator``, cannot be told from the weights)."""
+    from focalbench.models.variants import VARIANTS
+
+    found = []
+    for name, variant in VARIANTS.items():
+        kw = variant.kwargs
+        stages = len(kw["depths"])
+        per_stage = [
+            tuple(v) if isinstance(v, (list, tuple)) else (v,) * stages
+            for v in (kw["focal_levels"], kw["focal_windows"])
+        ]
+        arch = (kw["embed_dim"], tuple(kw["depths"]), kw.get("patch_size", 4), *per_stage)
+        flags = tuple(kw.get(arg) not in (None, False) for _, arg in _FLAGS)
+        if arch + flags == tuple(info[k] for k in _ARCHITECTURE) + tuple(bool(info[k]) for k, _ in _FLAGS):
+            found.append(name)
+    return found
+
+
 # ------------------------------------------------------------------------------------------------- adapting
 
 
@@ -278,6 +310,8 @@ def load_into(model: nn.Module, source: str | os.PathLike) -> dict:
             if items:
                 problems.append(f"{label} ({len(items)}): {', '.join(items[:8])}{' …' if len(items) > 8 else ''}")
         implied = ", ".join(f"{k}={v}" for k, v in info.items())
+        variants = matching_variants(info)
+        implied += f" (the architecture of {' / '.join(variants)})" if variants else " (no registered variant)"
         raise CheckpointError(
             f"'{path}' does not fit this model. The file holds a FocalNet with {implied}. " + "; ".join(problems)
         )

@@ -299,15 +299,13 @@ class _FocalNetTrunk(nn.Module):
         return outputs
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups for timm's layer-wise lr decay: stem, then each block (or stage), then the top."""
-        blocks = (
-            [(r"^layers\.(\d+)", None)]
-            if coarse
-            else [
-                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
-                (r"^layers\.(\d+)\.downsample", (0,)),
-            ]
-        )
+        """Parameter groups for timm's layer-wise lr decay: stem, then each block (or stage), then the top.
+
+        Our ``layers.i.downsample`` is timm's ``layers.{i+1}.downsample``: it joins the first block of stage i+1 as
+        in timm, so both models get the same lr scale for every parameter."""
+        next_stage = [(i + 1,) if coarse else (i + 1, 0) for i in range(len(self.layers))]
+        downsample = [(rf"^layers\.{i}\.downsample", ordinal) for i, ordinal in enumerate(next_stage)]
+        blocks = downsample + ([(r"^layers\.(\d+)", None)] if coarse else [(r"^layers\.(\d+)\.blocks\.(\d+)", None)])
         return {"stem": r"^patch_embed", "blocks": blocks + [(r"^norm", (99999,))]}
 
     def no_weight_decay(self) -> set[str]:

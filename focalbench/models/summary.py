@@ -42,8 +42,13 @@ def count(name: str, input_size: int | None = None) -> dict:
 
 
 def table(names: Sequence[str], input_size: int | None = None) -> str:
+    """The report: one row per variant, the paper's params / GFLOPs / ImageNet-1K top-1 beside ours where known."""
     header = f"{'variant':<20} {'size':>5} {'params (M)':>11} {'paper':>7} {'GFLOPs':>8} {'paper':>7} {'top-1':>6}"
-    lines = [header, "-" * len(header)]
+    note = (
+        "# GFLOPs = multiply-accumulates / 1e9, as the paper counts them: FlopCounterMode's FLOPs / 2 for one image"
+        " at 'size' px\n#   (convolutions and matmuls only); 'paper' and 'top-1': the paper's ImageNet-1K table"
+    )
+    lines = [note, header, "-" * len(header)]
     for name in names:
         got, paper = count(name, input_size), get_variant(name).paper
         lines.append(

@@ -1,0 +1,353 @@
+"""Object detection / instance segmentation data: a COCO-layout folder, or Hugging Face data with an ``objects``
+column (hub id, local folder or ``save_to_disk`` directory); albumentations moves boxes and masks with the image."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import albumentations as A
+import datasets
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import DataLoader, Dataset
+
+from focalbench.data.base import BaseDataModule, ImageFolderForPredict
+from focalbench.data.coco import (
+    Categories,
+    ImageRecord,
+    check_records,
+    coco_records,
+    decode_mask,
+    find_coco_split,
+    objects_class_label,
+    objects_records,
+    read_coco_json,
+)
+from focalbench.data.images import read_rgb
+from focalbench.data.sources import DataSourceError, _is_saved_dataset, load_source, require_columns, train_val_splits
+from focalbench.data.transforms import SeededTransform
+
+
+def collate_lists(batch: list[dict]) -> dict[str, list]:
+    """A batch as a dict of lists (images differ in size; torchvision's detectors take lists)."""
+    return {key: [sample[key] for sample in batch] for key in batch[0]}
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 to a 3xHxW float tensor in [0, 1] (the detector's transform normalises)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+
+
+class DetectionDataset(Dataset):
+    """Records as ``{"image", "target", "file_name"}``: a 0..1 float CHW image and a target dict with ``boxes``
+    (N, 4) float xyxy, ``labels`` (N,) int64 in 1..K, ``masks`` (N, H, W) uint8, ``iscrowd``, ``area``,
+    ``image_id``. ``train`` drops crowd regions (the detectors cannot use them); evaluation keeps them for the
+    metric and keeps the original image size. ``transform``: an albumentations pipeline with ``BboxParams``
+    (label field ``indices``), or None.
+    """
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        categories: Categories,
+        *,
+        train: bool,
+        transform: Callable | None = None,
+        with_masks: bool = True,
+        images: datasets.Dataset | None = None,
+        image_column: str = "image",
+    ) -> None:
+        self.records = records
+        self.categories = categories
+        self.train = train
+        self.transform = transform
+        self.with_masks = with_masks
+        self.images = images
+        self.image_column = image_column
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image(self, record: ImageRecord) -> np.ndarray:
+        if self.images is None:
+            return read_rgb(record.source)
+        return read_rgb(self.images[record.source][self.image_column], record.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image = self._image(record)
+        height, width = image.shape[:2]
+        anns = [a for a in record.annotations if not (self.train and a["iscrowd"])]
+        boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        inside = np.clip(boxes, 0, [width, height, width, height])
+        if not np.array_equal(inside, boxes):  # only when the annotations carry no image size (checked at set-up)
+            warnings.warn(
+                f"boxes of {record.file_name} reach outside its {width}x{height} pixels: clipped", stacklevel=2
+            )
+            boxes = inside
+        keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        masks = [decode_mask(anns[i], height, width) for i in keep] if self.with_masks else []
+        if self.transform is not None:
+            data = {"image": image, "bboxes": boxes[keep], "indices": keep}
+            if masks:
+                data["masks"] = np.stack(masks)
+            out = self.transform(**data)
+            image, boxes, kept = out["image"], out["bboxes"], np.asarray(out["indices"], int)
+            # boxes that became degenerate (cropped away) were filtered with their index: take their masks too
+            masks = [out["masks"][list(keep).index(i)] for i in kept] if masks else []
+            keep = kept
+        else:
+            boxes = boxes[keep]
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+            "labels": torch.tensor([self.categories.label(anns[i]["category_id"]) for i in keep], dtype=torch.int64),
+            "iscrowd": torch.tensor([anns[i]["iscrowd"] for i in keep], dtype=torch.int64),
+            "area": torch.tensor([float(anns[i]["area"]) for i in keep], dtype=torch.float32),
+            "image_id": record.image_id,
+        }
+        if self.with_masks:
+            size = image.shape[:2]
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, *size), dtype=torch.uint8)
+        return {"image": to_tensor(image), "target": target, "file_name": record.file_name}
+
+
+class PredictImages(ImageFolderForPredict):
+    """A folder of images for ``predict``, each with the COCO ``image_id`` its file name has in the annotations
+    (so results load against them), or a running number."""
+
+    def __init__(self, root: str, transform: Callable, image_ids: dict[str, int]) -> None:
+        super().__init__(root, transform)
+        self.image_ids = image_ids
+        self.root = Path(root)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        path = self.paths[index]
+        relative = path.relative_to(self.root).as_posix()
+        sample["file_name"] = relative
+        sample["image_id"] = self.image_ids.get(relative, self.image_ids.get(path.name, index + 1))
+        return sample
+
+
+class DetectionDataModule(BaseDataModule):
+    """Detection data in the formats users have, with ``num_classes`` / ``class_names`` read from the categories.
+
+    ``root`` is a COCO-layout folder (``annotations/instances_{train,val}2017.json`` + ``{train,val}2017/``, or
+    ``instances_{train,val}.json`` + ``{train,val}/``; names settable with ``train_annotations`` …), or a data set
+    with an ``objects`` column (``{bbox: [[x, y, w, h], ...], category: [...]}``): a ``save_to_disk`` folder, a
+    folder ``datasets`` reads, or ``dataset`` = a hub id. Category ids may be non-contiguous: they become labels
+    1..K (sorted by id; 0 is the detectors' background) and are mapped back in predictions (``category_ids``).
+
+    Training: crowd regions dropped, images without annotations kept (background), horizontal flip and an optional
+    random-resized crop (``crop_scale``, output ``image_size``) under albumentations ``BboxParams``, which drops boxes
+    smaller than ``min_box_area`` pixels after the crop with their masks. Evaluation: original images, crowd regions
+    kept with ``iscrowd``. Resizing to the detector's scale is the model's (``min_size`` / ``max_size``).
+
+    Args:
+        train_annotations / val_annotations / train_images / val_images: COCO file and folder names (relative to
+            ``root``) when auto-detection does not fit.
+        image_column / objects_column / bbox_key / category_key / bbox_format: names in ``objects`` data.
+        train_split / val_split / val_fraction: splits (a ``val_fraction`` hold-out when there is no validation).
+        class_names: names for integer categories without a ``ClassLabel`` feature.
+        with_masks: decode instance masks (polygons, RLE; a box-filled mask where an annotation has none).
+        hflip: horizontal flip probability (the paper's recipes: 0.5).
+        drop_empty_boxes: drop boxes of zero width or height with a warning instead of stopping.
+    """
+
+    demo_subdir = "detection"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        dataset: str | None = None,
+        batch_size: int = 2,
+        num_workers: int = 4,
+        image_size: int = 800,
+        predict_root: str | None = None,
+        seed: int = 0,
+        train_annotations: str | None = None,
+        val_annotations: str | None = None,
+        train_images: str | None = None,
+        val_images: str | None = None,
+        image_column: str = "image",
+        objects_column: str = "objects",
+        bbox_key: str = "bbox",
+        category_key: str = "category",
+        bbox_format: Literal["xywh", "xyxy"] = "xywh",
+        train_split: str | None = None,
+        val_split: str | None = None,
+        val_fraction: float = 0.1,
+        class_names: Sequence[str] | None = None,
+        with_masks: bool = True,
+        hflip: float = 0.5,
+        crop_scale: tuple[float, float] | None = None,
+        min_box_area: float = 1.0,
+        drop_empty_boxes: bool = False,
+    ) -> None:
+        super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
+        self.names = {"train": (train_annotations, train_images), "val": (val_annotations, val_images)}
+        self.image_column = image_column
+        self.objects_column = objects_column
+        self.bbox_key = bbox_key
+        self.category_key = category_key
+        self.bbox_format = bbox_format
+        self.train_split = train_split
+        self.val_split = val_split
+        self.val_fraction = val_fraction
+        self.given_class_names = list(class_names) if class_names else None
+        self.with_masks = with_masks
+        self.hflip = hflip
+        self.crop_scale = crop_scale
+        self.min_box_area = min_box_area
+        self.drop_empty_boxes = drop_empty_boxes
+
+    # ------------------------------------------------------------------ the data
+    @cached_property
+    def _coco_files(self) -> dict[str, tuple[Path, Path]] | None:
+        """``{split: (json, image folder)}`` when ``root`` is a COCO-layout folder, else None."""
+        root = self.data_root
+        if root is None or not Path(root).is_dir() or _is_saved_dataset(Path(root)):
+            return None
+        found = {split: find_coco_split(Path(root), split, *names) for split, names in self.names.items()}
+        found = {split: files for split, files in found.items() if files is not None}
+        if not found:
+            return None
+        if "train" not in found:
+            raise DataSourceError(f"{root}: no training annotations (annotations/instances_train*.json)")
+        return found
+
+    @cached_property
+    def _coco_json(self) -> dict[str, dict]:
+        return {split: read_coco_json(path) for split, (path, _) in self._coco_files.items()}
+
+    @cached_property
+    def _hf_source(self) -> datasets.DatasetDict:
+        source = load_source(self.data_root, self.dataset)
+        for name, ds in source.items():
+            require_columns(ds, {"image_column": self.image_column, "objects_column": self.objects_column}, name)
+        return source
+
+    @cached_property
+    def categories(self) -> Categories:
+        """Category ids and names: from the COCO ``categories`` (the same in every split) or the ``objects``
+        feature's ``ClassLabel``; no pass over the data is needed."""
+        if self._coco_files is not None:
+            found = {split: Categories.from_coco(data["categories"]) for split, data in self._coco_json.items()}
+            if len(set(found.values())) > 1:
+                raise DataSourceError(f"the splits list different categories: {found}")
+            return next(iter(found.values()))
+        features = next(iter(self._hf_source.values())).features
+        names = objects_class_label(features, self.objects_column, self.category_key) or self.given_class_names
+        if names is None:
+            raise DataSourceError(
+                f"the '{self.objects_column}' column's '{self.category_key}' has no ClassLabel feature: set "
+                "data.class_names (category i is class_names[i])"
+            )
+        return Categories(tuple(range(len(names))), tuple(names))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.categories.names)
+
+    @property
+    def num_classes(self) -> int:
+        """Object categories, without the background (the task adds it)."""
+        return len(self.categories.ids)
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The original category id of each label 1..K (``category_ids[label - 1]``)."""
+        return list(self.categories.ids)
+
+    @cached_property
+    def _records(self) -> dict[str, list[ImageRecord]]:
+        if self._coco_files is not None:
+            records = {
+                split: coco_records(self._coco_json[split], folder, f"{split} annotations {path.name}")
+                for split, (path, folder) in self._coco_files.items()
+            }
+            if "val" not in records:  # a deterministic hold-out
+                shuffled = records["train"][:]
+                random.Random(self.seed).shuffle(shuffled)
+                count = max(1, round(len(shuffled) * self.val_fraction))
+                records = {"train": shuffled[count:], "val": shuffled[:count]}
+        else:
+            records = {split: self._objects_records(ds) for split, ds in self._hf_splits.items()}
+        for split, recs in records.items():
+            check_records(recs, self.categories, f"{split} annotations", self.drop_empty_boxes)
+        return records
+
+    @cached_property
+    def _hf_splits(self) -> dict[str, datasets.Dataset]:
+        train, val = train_val_splits(self._hf_source, self.train_split, self.val_split, self.val_fraction, self.seed)
+        return {"train": train, "val": val}
+
+    def _objects_records(self, ds: datasets.Dataset) -> list[ImageRecord]:
+        return objects_records(
+            ds,
+            objects_column=self.objects_column,
+            bbox_key=self.bbox_key,
+            category_key=self.category_key,
+            bbox_format=self.bbox_format,
+            category_names=self.class_names,
+        )
+
+    def _dataset(self, split: str, train: bool) -> DetectionDataset:
+        images = None
+        if self._coco_files is None:
+            images = self._hf_splits[split].select_columns([self.image_column])
+            images = images.cast_column(self.image_column, datasets.Image(decode=False))
+        return DetectionDataset(
+            self._records[split],
+            self.categories,
+            train=train,
+            transform=self.train_transform() if train else None,
+            with_masks=self.with_masks,
+            images=images,
+            image_column=self.image_column,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            return
+        if self.val_set is None:
+            self.val_set = self._dataset("val", train=False)
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._dataset("train", train=True)
+
+    @property
+    def image_ids(self) -> dict[str, int]:
+        """``file_name -> image_id`` of the COCO images (for predictions on those files)."""
+        if self._coco_files is None:
+            return {}
+        return {image["file_name"]: image["id"] for data in self._coco_json.values() for image in data["images"]}
+
+    # ------------------------------------------------------------- loaders and transforms
+    def collate_fn(self) -> Callable:
+        return collate_lists
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_root is None:
+            raise ValueError("predict needs data.predict_root: a folder of images")
+        dataset = PredictImages(self.predict_root, self.eval_transform(), self.image_ids)
+        return self._loader(dataset, train=False, collate_fn=collate_lists)
+
+    def train_transform(self) -> SeededTransform:
+        """Optional random-resized crop to ``image_size``, horizontal flip; boxes, masks and ids follow."""
+        steps: list[A.BasicTransform] = []
+        if self.crop_scale is not None:
+            steps.append(A.RandomResizedCrop(size=(self.image_size, self.image_size), scale=tuple(self.crop_scale)))
+        steps.append(A.HorizontalFlip(p=self.hflip))
+        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["indices"], min_area=self.min_box_area, clip=True)
+        return SeededTransform(A.Compose(steps, bbox_params=bbox_params))
+
+    def eval_transform(self) -> Callable:
+        """Images for ``predict``: original size, 0..1 float CHW."""
+        return A.Compose([A.ToFloat(max_value=255.0), ToTensorV2()])
