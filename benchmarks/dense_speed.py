@@ -1,6 +1,6 @@
 """Dense-task inference speed: our FocalNet vs timm backbones under the same detection head, in one process.
 
-    python benchmarks/dense_speed.py          # CPU, 2 threads, one 512x768 image, FocalNet-T (window 9) vs Swin-T
+    python benchmarks/dense_speed.py          # CPU, 2 threads: Mask R-CNN on one 512x768 image, UPerNet on 512x512
     python benchmarks/dense_speed.py --device cuda --size 800 1216 --threads 16
     python benchmarks/dense_speed.py --backbones focalnet_tiny_lrf swin_tiny_patch4_window7_224 convnext_tiny
 
@@ -8,7 +8,8 @@ Each backbone comes from :func:`build_backbone` (FocalNet variants with ``focal_
 setting; timm models with ``features_only``, Swin with ``dynamic_img_size`` since timm's Swin otherwise accepts only
 its 224 px training size) and runs under every entry of ``HEADS``: the bare backbone and torchvision's Mask R-CNN +
 FPN (eval, 81 classes, ``box_score_thresh=0`` so that random weights still keep the full 100 detections per image
-and every model pays for the same mask head). Random weights, fp32, ``inference_mode``. Each figure is the median
+and every model pays for the same mask head) on ``--size``, and UPerNet (150 classes, 512 channels, as for ADE20K)
+on a ``--seg-size`` square. Random weights, fp32, ``inference_mode``. Each figure is the median
 of ``--repeats`` timed runs after ``--warmup`` untimed ones, the models timed in turn within each round so a change
 of machine load hits all of them alike. The ratios divide the first backbone's speed (img/s) by each other's.
 """
@@ -16,15 +17,15 @@ of machine load hits all of them alike. The ratios divide the first backbone's s
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from backbone_speed import interleaved  # the same in-turn timing (benchmarks/ is the script's own folder)
 from torch import nn
 
 from focalbench.models import VARIANTS, build_backbone
 from focalbench.models.detection import build_mask_rcnn
+from focalbench.models.heads import UPerNet
 
 DEFAULT_BACKBONES = ["focalnet_tiny_srf", "swin_tiny_patch4_window7_224"]
 
@@ -51,33 +52,21 @@ def mask_rcnn(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
     return lambda image: model([image])
 
 
-# Head name -> (backbone, args) -> a function of one 3xHxW image in [0, 1]. A segmentation head (UPerNet) plugs in
-# here the same way.
+def upernet(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
+    model = UPerNet(backbone, 150, channels=512).to(args.device).eval()
+    return lambda image: model(image[None])
+
+
+# Head name -> (backbone, args) -> a function of one 3xHxW image in [0, 1].
 HEADS: dict[str, Callable[[nn.Module, argparse.Namespace], Callable[[torch.Tensor], object]]] = {
     "backbone": bare,
     "mask_rcnn": mask_rcnn,
+    "upernet": upernet,
 }
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(fns: dict[str, Callable[[], object]], args) -> dict[str, float]:
-    """Median seconds per function over ``args.repeats`` rounds, each function timed once per round."""
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            synchronize(args.device)
-            start = time.perf_counter()
-            fn()
-            synchronize(args.device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+def input_size(head: str, args) -> tuple[int, int]:
+    return (args.seg_size, args.seg_size) if head == "upernet" else tuple(args.size)
 
 
 def main() -> None:
@@ -85,6 +74,7 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=DEFAULT_BACKBONES, help="FocalNet variants or timm names")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--size", nargs=2, type=int, default=[512, 768], metavar=("H", "W"))
+    parser.add_argument("--seg-size", type=int, default=512, help="square input of the UPerNet head")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -93,19 +83,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    image = torch.rand(3, *args.size, device=args.device)
+    images = {head: torch.rand(3, *input_size(head, args), device=args.device) for head in args.heads}
     backbones = {name: build_backbone(name, **backbone_kwargs(name)).to(args.device).eval() for name in args.backbones}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    print(f"# {device}; fp32; one {args.size[0]}x{args.size[1]} image; median of {args.repeats} after {args.warmup}")
-    print(f"{'head':<10} {'backbone':<32} {'s/img':>8} {'img/s':>8}")
+    print(f"# {device}; fp32; one image per call; median of {args.repeats} after {args.warmup}")
+    print(f"{'head':<10} {'size':>9} {'backbone':<32} {'s/img':>8} {'img/s':>8}")
     for head in args.heads:
         fns = {}
         for name, backbone in backbones.items():
             torch.manual_seed(0)  # the same head weights for every backbone
-            fns[name] = lambda run=HEADS[head](backbone, args): _inference(run, image)
+            fns[name] = lambda run=HEADS[head](backbone, args), image=images[head]: _inference(run, image)
         seconds = interleaved(fns, args)
+        size = "x".join(map(str, input_size(head, args)))
         for name, s in seconds.items():
-            print(f"{head:<10} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
+            print(f"{head:<10} {size:>9} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
         ours = args.backbones[0]
         for name in args.backbones[1:]:
             print(f"  {head}: {ours} runs at {seconds[name] / seconds[ours]:.2f}x the speed of {name}")

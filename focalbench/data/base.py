@@ -80,18 +80,21 @@ class BaseDataModule(LightningDataModule):
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         else:
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        drop_last = train and len(dataset) >= self.batch_size * world
+        return DataLoader(dataset, sampler=sampler, drop_last=drop_last, **self._loader_options(collate_fn))
+
+    def _loader_options(self, collate_fn: Callable | None) -> dict:
+        """What every loader shares: batch size, persistent workers with 4 batches prefetched each, pinned memory
+        when a GPU is there."""
         workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate_fn,
-            drop_last=train and len(dataset) >= self.batch_size * world,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": workers,
+            "collate_fn": collate_fn,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": workers > 0,
+            "prefetch_factor": 4 if workers > 0 else None,
+        }
 
     def _stream_loader(
         self, dataset: IterableDataset, train: bool, collate_fn: Callable | None, world: int, rank: int
@@ -101,16 +104,7 @@ class BaseDataModule(LightningDataModule):
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
         if train:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-        workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            collate_fn=collate_fn,
-            drop_last=train,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-        )
+        return DataLoader(dataset, drop_last=train, **self._loader_options(collate_fn))
 
     shuffle_buffer = 1000  # streamed training data: examples held for shuffling
 

@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from focalbench.models.factory import build_backbone
 from focalbench.tasks.optim import Schedule, lr_lambda, param_groups
 
 # Architecture overrides for the backbone (``embed_dim``, ``depths``, ``focal_windows`` …), typed so YAML is checked.
@@ -98,6 +100,23 @@ class BaseTask(LightningModule):
     def head_modules(self) -> list[nn.Module]:
         """Newly initialised parts, trained at the full lr."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared by the tasks
+    monitor: str  # the metric the best checkpoint is chosen by (maximised); each task names its own
+
+    def build_dense_backbone(self) -> nn.Module:
+        """The multi-scale backbone of the dense tasks (:func:`build_backbone`) from the hyperparameters."""
+        hp = self.hparams
+        return build_backbone(
+            hp.backbone, pretrained=hp.pretrained, drop_path_rate=hp.drop_path_rate, **(hp.backbone_kwargs or {})
+        )
+
+    def checkpoint_callbacks(self, filename: str) -> list[Callback]:
+        """Best checkpoint by ``monitor`` (maximised) named by ``filename``, ``last.ckpt``, and the lr per step."""
+        best = ModelCheckpoint(
+            monitor=self.monitor, mode="max", save_last=True, filename=filename, auto_insert_metric_name=False
+        )
+        return [best, LearningRateMonitor(logging_interval="step")]
 
     # ------------------------------------------------------------------ running
     def network(self) -> nn.Module:

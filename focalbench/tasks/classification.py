@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -111,14 +111,7 @@ class ClassificationTask(BaseTask):
 
     def configure_callbacks(self) -> list[Callback]:
         return [
-            ModelCheckpoint(
-                monitor=self.monitor,
-                mode="max",
-                save_last=True,
-                filename="epoch{epoch:03d}-acc1{val_acc1:.4f}",
-                auto_insert_metric_name=False,
-            ),
-            LearningRateMonitor(logging_interval="step"),
+            *self.checkpoint_callbacks("epoch{epoch:03d}-acc1{val_acc1:.4f}"),
             ClassificationCSVWriter(),
         ]
 

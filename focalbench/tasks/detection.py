@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from focalbench.callbacks.detection import CocoResultsWriter
 from focalbench.data.coco import encode_mask
-from focalbench.models.factory import build_backbone
 from focalbench.tasks.base import BaseTask
 
 # Extra arguments for torchvision's MaskRCNN / FasterRCNN (``rpn_pre_nms_top_n_test``, ``box_detections_per_img`` …).
@@ -138,9 +137,7 @@ class DetectionTask(BaseTask):
         from focalbench.models.detection import build_mask_rcnn
 
         hp = self.hparams
-        backbone = build_backbone(
-            hp.backbone, pretrained=hp.pretrained, drop_path_rate=hp.drop_path_rate, **(hp.backbone_kwargs or {})
-        )
+        backbone = self.build_dense_backbone()
         min_size = tuple(hp.min_size) if isinstance(hp.min_size, Sequence) else hp.min_size
         self.model = build_mask_rcnn(
             backbone,
@@ -168,14 +165,7 @@ class DetectionTask(BaseTask):
         trainer = self._trainer
         configured = trainer is not None and any(isinstance(cb, CocoResultsWriter) for cb in trainer.callbacks)
         return [
-            ModelCheckpoint(
-                monitor=self.monitor,
-                mode="max",
-                save_last=True,
-                filename="epoch{epoch:03d}-bbox_mAP{val_bbox_mAP:.4f}",
-                auto_insert_metric_name=False,
-            ),
-            LearningRateMonitor(logging_interval="step"),
+            *self.checkpoint_callbacks("epoch{epoch:03d}-bbox_mAP{val_bbox_mAP:.4f}"),
             *([] if configured else [CocoResultsWriter()]),
         ]
 

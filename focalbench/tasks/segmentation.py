@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -16,7 +16,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from focalbench.callbacks.segmentation import SegmentationMaskWriter
 from focalbench.data.seg_transforms import IGNORE_INDEX, rescale_size
-from focalbench.models import build_backbone
 from focalbench.models.heads import UPerNet
 from focalbench.tasks.base import BaseTask
 
@@ -100,9 +99,7 @@ class SegmentationTask(BaseTask):
     # ------------------------------------------------------------------ building
     def configure_models(self) -> None:
         hp = self.hparams
-        backbone = build_backbone(
-            hp.backbone, pretrained=hp.pretrained, drop_path_rate=hp.drop_path_rate, **(hp.backbone_kwargs or {})
-        )
+        backbone = self.build_dense_backbone()
         self.model = UPerNet(
             backbone,
             hp.num_classes,
@@ -135,14 +132,7 @@ class SegmentationTask(BaseTask):
 
     def configure_callbacks(self) -> list[Callback]:
         return [
-            ModelCheckpoint(
-                monitor=self.monitor,
-                mode="max",
-                save_last=True,
-                filename="step{step:06d}-mIoU{val_mIoU:.4f}",
-                auto_insert_metric_name=False,
-            ),
-            LearningRateMonitor(logging_interval="step"),
+            *self.checkpoint_callbacks("step{step:06d}-mIoU{val_mIoU:.4f}"),
             SegmentationMaskWriter(),
         ]
 
