@@ -3,6 +3,7 @@
     python benchmarks/backbone_speed.py                         # fp32 eager, CPU, 2 threads, batch 8, 224 px
     python benchmarks/backbone_speed.py --precision bf16        # autocast bf16 for every model
     python benchmarks/backbone_speed.py --compile               # torch.compile every model (compile time shown)
+    python benchmarks/backbone_speed.py --grad-checkpointing    # activation checkpointing: memory vs time
     python benchmarks/backbone_speed.py --device cuda --batch-size 64 --threads 16
     python benchmarks/backbone_speed.py --models focalnet_tiny_srf@bf16 timm:focalnet_tiny_srf@fp32   # fast path
     python benchmarks/backbone_speed.py --quick                 # smoke run: batch 2, one timed iteration
@@ -15,14 +16,19 @@ turn within each round, so a change of machine load hits all of them alike. ``GF
 multiply-accumulate count x 2 per image times forward img/s; ``%peak`` divides it by the dense matmul rate this
 machine reaches in the same precision (measured first). Memory: ``act. MB`` is what autograd saves for the backward
 pass of one training forward (exact, counted over distinct storages; the dominant, implementation-dependent part
-of training memory); on CUDA also the allocator's peak over a train step (``peak MB``).
+of training memory; under ``--grad-checkpointing`` it leaves out the block inputs that checkpointing keeps itself);
+``peak MB`` is the whole memory a train step adds: on CUDA the allocator's peak, on CPU the rise of the resident
+size over a first step in a fresh process (weights' gradients and AdamW state included). Both memory columns
+are taken on the eager model, also under ``--compile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 
@@ -54,8 +60,7 @@ def synchronize(device: str) -> None:
 
 def autocast(args, spec: str = "") -> object:
     """The model's precision: ``--precision``, or the ``@fp32`` / ``@bf16`` suffix of its spec."""
-    precision = spec.split("@")[1] if "@" in spec else args.precision
-    if precision == "fp32":
+    if precision_of(spec, args) == "fp32":
         return nullcontext()
     return torch.autocast(args.device, dtype=torch.bfloat16)
 
@@ -91,10 +96,15 @@ def interleaved(fns: dict, args) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matmul_peak(args) -> float:
-    """The best dense GEMM rate (GFLOP/s) this machine reaches in the benchmark's precision: ``torch.mm`` at two
-    sizes and a large 1x1 convolution in channels_last (oneDNN); the ceiling for convolution-bound models."""
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+def precision_of(spec: str, args) -> str:
+    """A model's precision: the ``@fp32`` / ``@bf16`` suffix of its spec, else ``--precision``."""
+    return spec.split("@")[1] if "@" in spec else args.precision
+
+
+def matmul_peak(args, precision: str) -> float:
+    """The best dense GEMM rate (GFLOP/s) this machine reaches in ``precision``: ``torch.mm`` at two sizes and a
+    large 1x1 convolution in channels_last (oneDNN); the ceiling for convolution-bound models."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     rates = []
     for n in (2048, 4096) if args.device == "cpu" else (8192,):
         a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
@@ -117,11 +127,12 @@ def gmacs(name: str, size: int) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def prepare(model: torch.nn.Module, args) -> torch.nn.Module:
+def prepare(model: torch.nn.Module, args, compile: bool | None = None) -> torch.nn.Module:
     model = model.to(args.device)
+    model.set_grad_checkpointing(args.grad_checkpointing)  # ours and timm's models alike
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if args.compile else model
+    return torch.compile(model) if (args.compile if compile is None else compile) else model
 
 
 def measure(names: list[str], args) -> dict[str, dict]:
@@ -162,9 +173,14 @@ def measure(names: list[str], args) -> dict[str, dict]:
 
         return run
 
-    for model in models.values():
-        model.train()
-    for name, seconds in interleaved({n: train_step(m, n) for n, m in models.items()}, args).items():
+    train_steps = {n: train_step(m.train(), n) for n, m in models.items()}
+    for name, step in train_steps.items():
+        start = time.perf_counter()
+        step()  # the first call compiles the training graph (forward and backward)
+        synchronize(args.device)
+        if args.compile:
+            results[name]["compile_s"] += time.perf_counter() - start
+    for name, seconds in interleaved(train_steps, args).items():
         results[name]["train"] = args.batch_size / seconds
     if args.device == "cuda":
         for name, model in models.items():
@@ -194,6 +210,43 @@ def saved_activation_mb(model: torch.nn.Module, args, spec: str = "") -> float:
     return sum(storages.values()) / 2**20
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
+
+
+def _first_step_peak(spec: str, args, connection) -> None:
+    torch.set_num_threads(args.threads)
+    model = prepare(build(spec, args.drop_path), args, compile=False).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    y = torch.randint(0, 1000, (args.batch_size,))
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets the high-water mark VmHWM to the current resident size
+    before = _status_kb("VmRSS:")
+    with autocast(args, spec):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    connection.send((_status_kb("VmHWM:") - before) / 1024)
+
+
+def cpu_step_peak_mb(spec: str, args, runs: int = 3) -> float:
+    """Peak resident memory (MB) one train step adds on CPU (activations, workspaces, gradients, AdamW state): the
+    kernel's high-water mark after the step minus the resident size before it, each time in a fresh (spawned)
+    process, so that memory the allocator keeps from earlier steps cannot hide any of it; the median of ``runs``
+    (single runs vary by about 3 %). Linux only."""
+    context = multiprocessing.get_context("spawn")  # a fork would inherit OpenMP's threads and hang
+    peaks = []
+    for _ in range(runs):
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_first_step_peak, args=(spec, args, sender))
+        process.start()
+        peaks.append(receiver.recv())
+        process.join()
+    return statistics.median(peaks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -206,6 +259,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in every model")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
@@ -219,24 +273,30 @@ def main() -> None:
         args.batch_size, args.warmup, args.repeats = 2, 0, 1
     torch.set_num_threads(args.threads)
 
-    peak = matmul_peak(args)
+    peaks = {p: matmul_peak(args, p) for p in sorted({precision_of(name, args) for name in args.models})}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(
         f"# {device}; {args.precision}; compile={args.compile}; channels_last={args.channels_last}; "
-        f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; matmul peak {peak:.0f} GFLOP/s"
+        f"grad_checkpointing={args.grad_checkpointing}; "
+        f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; "
+        f"matmul peak {', '.join(f'{p} {rate:.0f}' for p, rate in peaks.items())} GFLOP/s"
     )
     results = measure(args.models, args)
     for name, result in results.items():
         result["gflops"] = 2 * gmacs(name, args.image_size) * result["fwd"]
-        result["saved_mb"] = saved_activation_mb(build(name, args.drop_path).to(args.device), args, name)
+        model = prepare(build(name, args.drop_path), args, compile=False)
+        result["saved_mb"] = saved_activation_mb(model, args, name)
+        if args.device == "cpu" and sys.platform == "linux":
+            result["mem_mb"] = cpu_step_peak_mb(name, args)
 
     columns = f"{'fwd img/s':>10} {'train img/s':>12} {'GFLOP/s':>8} {'%peak':>6} {'act. MB':>8} {'peak MB':>8}"
     columns += f" {'compile s':>9}"
     print(f"{'model':<36} {columns}")
     for name, r in results.items():
         peak_mb = f"{r['mem_mb']:.0f}" if "mem_mb" in r else "-"
+        r["peak_fraction"] = r["gflops"] / peaks[precision_of(name, args)]
         print(
-            f"{name:<36} {r['fwd']:>10.1f} {r['train']:>12.2f} {r['gflops']:>8.0f} {100 * r['gflops'] / peak:>5.0f}% "
+            f"{name:<36} {r['fwd']:>10.1f} {r['train']:>12.2f} {r['gflops']:>8.0f} {100 * r['peak_fraction']:>5.0f}% "
             f"{r['saved_mb']:>8.0f} {peak_mb:>8} {r['compile_s']:>9.1f}"
         )
     print("\nratios, ours / timm (same settings unless a model names its own precision):")
@@ -250,12 +310,12 @@ def main() -> None:
             a, b = results[ours], results[peer]
             mem = f", activation memory {a['saved_mb'] / b['saved_mb']:.2f}x"
             if "mem_mb" in a and "mem_mb" in b:
-                mem += f", CUDA peak memory {a['mem_mb'] / b['mem_mb']:.2f}x"
+                mem += f", peak memory {a['mem_mb'] / b['mem_mb']:.2f}x"
             speed = f"forward {a['fwd'] / b['fwd']:.2f}x, train step {a['train'] / b['train']:.2f}x"
             print(f"  {ours} vs {peer}: {speed}{mem}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "matmul_peak_gflops": peak, "results": results}, handle, indent=2)
+            json.dump({"args": vars(args), "matmul_peak_gflops": peaks, "results": results}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,28 @@ def LayerNorm2d(dim: int) -> nn.Module:  # noqa: N802 - a layer factory, named l
     return _LayerNorm2d(dim, eps=1e-5)
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in ``channels_last``. The backward of the split of ``f``'s
+    output (a concatenation) and of the global average pool (an expand) come out NCHW-contiguous, and a mixed
+    layout sends the depth-wise convolution and GELU backward down oneDNN/ATen slow paths (GELU backward 4.5x
+    slower here); one copy at these two points keeps the whole backward in one layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x``, with its gradient made ``channels_last`` when ``x`` is (see :class:`_ChannelsLastGrad`)."""
+    if x.requires_grad and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return _ChannelsLastGrad.apply(x)
+    return x
+
+
 class FocalModulation(nn.Module):
     """Focal modulation ``y = proj(q ⊙ h(Σ_l G^l ⊙ Z^l))`` for L focal levels.
 
@@ -69,13 +91,15 @@ class FocalModulation(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, ctx, gates = self.f(x).split((self.dim, self.dim, self.focal_level + 1), dim=1)
-        ctx_all = 0
+        q, ctx, gates = channels_last_grad(self.f(x)).split((self.dim, self.dim, self.focal_level + 1), dim=1)
+        ctx_all = None
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = focal_layer(ctx)
-            ctx_all = ctx_all + ctx * gates[:, level : level + 1]
-        ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
-        ctx_all = ctx_all + ctx_global * gates[:, self.focal_level :]
+            gate = gates[:, level : level + 1]
+            # addcmul: one pass over memory per level where `+ ctx * gate` makes two and a temporary
+            ctx_all = ctx * gate if ctx_all is None else torch.addcmul(ctx_all, ctx, gate)
+        ctx_global = self.act(channels_last_grad(ctx).mean((2, 3), keepdim=True))
+        ctx_all = torch.addcmul(ctx_all, ctx_global, gates[:, self.focal_level :])
         if self.normalize_modulator:
             ctx_all = ctx_all / (self.focal_level + 1)
         modulator = self.h(ctx_all)

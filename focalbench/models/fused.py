@@ -8,7 +8,8 @@ cache. The fused forms used here, all exact (erf GELU, fp32 accumulation):
 * ``GELU(DWConv_k(Z))`` for every focal level and ``GELU(fc1(x))`` in the MLP (unary post-op);
 * ``q ⊙ h(Z_out)``, the modulation itself (binary ``mul`` post-op on ``h``);
 * ``x + γ·proj(·)`` and ``x + γ·fc2(·)``, the residuals (binary ``add`` post-op; LayerScale γ folded into the
-  1×1 weights, since ``γ·(Wy + b) = (γW)y + γb``).
+  1×1 weights, since ``γ·(Wy + b) = (γW)y + γb``);
+* the gated sum ``Σ_l G^l ⊙ Z^l`` accumulated in place with ``addcmul_`` (one pass per level, no temporaries).
 
 These oneDNN ops have no autograd, so the path runs only where no gradient is wanted (``torch.no_grad`` /
 ``inference_mode``, eval mode), on CPU, in fp32 or under CPU bf16 autocast. Elsewhere the plain modules run.
@@ -88,14 +89,15 @@ def modulation_fused(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``q ⊙ h(Σ_l G^l ⊙ Z^l)`` of :class:`FocalModulation`, before its ``ln`` and ``proj``."""
     weight, bias = _weight(mod.f, x.dtype)
     q, ctx, gates = F.conv2d(x, weight, bias).split((mod.dim, mod.dim, mod.focal_level + 1), dim=1)
-    ctx_all = 0
+    ctx_all = None
     for level, focal_layer in enumerate(mod.focal_layers):
         ctx = conv_gelu(ctx, focal_layer[0])
-        ctx_all = ctx_all + ctx * gates[:, level : level + 1]
-    ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
-    ctx_all = ctx_all + ctx_global * gates[:, mod.focal_level :]
+        gate = gates[:, level : level + 1]
+        # the gated sum accumulates in place, one pass over memory per level (no grad here, so no autograd concern)
+        ctx_all = ctx * gate if ctx_all is None else ctx_all.addcmul_(ctx, gate)
+    ctx_all.addcmul_(F.gelu(ctx.mean((2, 3), keepdim=True)), gates[:, mod.focal_level :])
     if mod.normalize_modulator:
-        ctx_all = ctx_all / (mod.focal_level + 1)
+        ctx_all.div_(mod.focal_level + 1)
     return conv_then(ctx_all, q, mod.h, "mul")
 
 

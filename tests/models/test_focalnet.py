@@ -157,3 +157,26 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(loss_ckpt, loss)
     for a, b in zip(grads_ckpt, grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_backward_stays_channels_last():
+    """Every conv and GELU of a block receives its gradient in channels_last, the layout of its forward; a mixed
+    layout (the split's and the global pool's backward come out NCHW) sends them down slow paths."""
+    model = create_model("focalnet_tiny_srf", num_classes=3, embed_dim=8, depths=(1, 1, 2, 1)).train()
+    layouts = {}
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            output.register_hook(
+                lambda grad: layouts.__setitem__(name, grad.is_contiguous(memory_format=torch.channels_last))
+            )
+
+        return hook
+
+    for name, module in model.layers[0].blocks[0].named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.GELU)) and name != "modulation.act":  # that one is 1x1
+            module.register_forward_hook(record(name))
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 2])).backward()
+    assert len(layouts) == 10  # f, 2 focal levels x (conv, GELU), h, proj, fc1, GELU, fc2
+    assert all(layouts.values()), layouts
+    assert model.layers[0].blocks[0].modulation.f.weight.grad is not None
