@@ -127,12 +127,12 @@ def gmacs(name: str, size: int) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def prepare(model: torch.nn.Module, args, compile: bool | None = None) -> torch.nn.Module:
+def prepare(model: torch.nn.Module, args, compiled: bool | None = None) -> torch.nn.Module:
     model = model.to(args.device)
     model.set_grad_checkpointing(args.grad_checkpointing)  # ours and timm's models alike
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if (args.compile if compile is None else compile) else model
+    return torch.compile(model) if (args.compile if compiled is None else compiled) else model
 
 
 def measure(names: list[str], args) -> dict[str, dict]:
@@ -217,7 +217,7 @@ def _status_kb(field: str) -> int:
 
 def _first_step_peak(spec: str, args, connection) -> None:
     torch.set_num_threads(args.threads)
-    model = prepare(build(spec, args.drop_path), args, compile=False).train()
+    model = prepare(build(spec, args.drop_path), args, compiled=False).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     y = torch.randint(0, 1000, (args.batch_size,))
@@ -284,7 +284,7 @@ def main() -> None:
     results = measure(args.models, args)
     for name, result in results.items():
         result["gflops"] = 2 * gmacs(name, args.image_size) * result["fwd"]
-        model = prepare(build(name, args.drop_path), args, compile=False)
+        model = prepare(build(name, args.drop_path), args, compiled=False)
         result["saved_mb"] = saved_activation_mb(model, args, name)
         if args.device == "cpu" and sys.platform == "linux":
             result["mem_mb"] = cpu_step_peak_mb(name, args)

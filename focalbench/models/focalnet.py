@@ -26,33 +26,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from focalbench.models.fused import block_fused, fused_path_available
+from focalbench.models.layout import channels_last_grad
 
 
 def LayerNorm2d(dim: int) -> nn.Module:  # noqa: N802 - a layer factory, named like the layer it builds
     """LayerNorm over C of an NCHW map, eps 1e-5 as the official code's ``nn.LayerNorm`` (timm's default is 1e-6)."""
     return _LayerNorm2d(dim, eps=1e-5)
-
-
-class _ChannelsLastGrad(torch.autograd.Function):
-    """Identity whose backward hands on the gradient in ``channels_last``. The backward of the split of ``f``'s
-    output (a concatenation) and of the global average pool (an expand) come out NCHW-contiguous, and a mixed
-    layout sends the depth-wise convolution and GELU backward down oneDNN/ATen slow paths (GELU backward 4.5x
-    slower here); one copy at these two points keeps the whole backward in one layout."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return grad.contiguous(memory_format=torch.channels_last)
-
-
-def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
-    """``x``, with its gradient made ``channels_last`` when ``x`` is (see :class:`_ChannelsLastGrad`)."""
-    if x.requires_grad and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return _ChannelsLastGrad.apply(x)
-    return x
 
 
 class FocalModulation(nn.Module):
@@ -99,7 +78,8 @@ class FocalModulation(nn.Module):
             # addcmul: one pass over memory per level where `+ ctx * gate` makes two and a temporary
             ctx_all = ctx * gate if ctx_all is None else torch.addcmul(ctx_all, ctx, gate)
         ctx_global = self.act(channels_last_grad(ctx).mean((2, 3), keepdim=True))
-        ctx_all = torch.addcmul(ctx_all, ctx_global, gates[:, self.focal_level :])
+        gate = gates[:, self.focal_level :]
+        ctx_all = ctx_global * gate if ctx_all is None else torch.addcmul(ctx_all, ctx_global, gate)  # None: L = 0
         if self.normalize_modulator:
             ctx_all = ctx_all / (self.focal_level + 1)
         modulator = self.h(ctx_all)

@@ -95,7 +95,8 @@ def modulation_fused(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
         gate = gates[:, level : level + 1]
         # the gated sum accumulates in place, one pass over memory per level (no grad here, so no autograd concern)
         ctx_all = ctx * gate if ctx_all is None else ctx_all.addcmul_(ctx, gate)
-    ctx_all.addcmul_(F.gelu(ctx.mean((2, 3), keepdim=True)), gates[:, mod.focal_level :])
+    ctx_global, gate = F.gelu(ctx.mean((2, 3), keepdim=True)), gates[:, mod.focal_level :]
+    ctx_all = ctx_global * gate if ctx_all is None else ctx_all.addcmul_(ctx_global, gate)  # None: L = 0
     if mod.normalize_modulator:
         ctx_all.div_(mod.focal_level + 1)
     return conv_then(ctx_all, q, mod.h, "mul")

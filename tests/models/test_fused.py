@@ -76,3 +76,23 @@ def test_cached_fused_weights_follow_weight_updates():
         after = model(x)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_global_context_only_model_runs_fused_and_plain():
+    """L = 0 (the paper's ablation: only the global context): the gated sum has one term, on both paths."""
+    torch.manual_seed(0)
+    model = create_model("focalnet_tiny_srf", num_classes=10, focal_levels=0, **TINY).eval()
+    modulation, x = model.layers[0].blocks[0].modulation, torch.randn(2, 3, 64, 64)
+    assert len(modulation.focal_layers) == 0
+    with torch.no_grad():
+        fused = model(x)
+        model.set_fused_inference(False)
+        plain = model(x)
+        z = torch.randn(2, 16, 8, 8)
+        q, ctx, gate = modulation.f(z).split((16, 16, 1), dim=1)
+        expected = modulation.proj(q * modulation.h(modulation.act(ctx.mean((2, 3), keepdim=True)) * gate))
+        torch.testing.assert_close(modulation(z), expected)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    model.train()
+    model(x).sum().backward()
+    assert modulation.f.weight.grad is not None
