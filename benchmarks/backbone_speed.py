@@ -30,6 +30,7 @@ import multiprocessing
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import timm
@@ -135,12 +136,31 @@ def prepare(model: torch.nn.Module, args, compiled: bool | None = None) -> torch
     return torch.compile(model) if (args.compile if compiled is None else compiled) else model
 
 
-def measure(names: list[str], args) -> dict[str, dict]:
+def batch(args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The benchmark's images and labels (seed 0)."""
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (args.batch_size,), device=args.device)
+    return x, torch.randint(0, 1000, (args.batch_size,), device=args.device)
+
+
+def train_step(model: torch.nn.Module, spec: str, x: torch.Tensor, y: torch.Tensor, args) -> Callable[[], None]:
+    """One training step on (x, y): forward in the model's precision, cross-entropy, backward, AdamW step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run() -> None:
+        with autocast(args, spec):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def measure(names: list[str], args) -> dict[str, dict]:
+    x, y = batch(args)
     models = {name: prepare(build(name, args.drop_path), args) for name in names}
     results = {name: {"name": name, "compile_s": 0.0} for name in names}
 
@@ -161,19 +181,7 @@ def measure(names: list[str], args) -> dict[str, dict]:
     for name, seconds in interleaved({n: forward(m, n) for n, m in models.items()}, args).items():
         results[name]["fwd"] = args.batch_size / seconds
 
-    def train_step(model, spec):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def run() -> None:
-            with autocast(args, spec):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return run
-
-    train_steps = {n: train_step(m.train(), n) for n, m in models.items()}
+    train_steps = {n: train_step(m.train(), n, x, y, args) for n, m in models.items()}
     for name, step in train_steps.items():
         start = time.perf_counter()
         step()  # the first call compiles the training graph (forward and backward)
@@ -185,7 +193,7 @@ def measure(names: list[str], args) -> dict[str, dict]:
     if args.device == "cuda":
         for name, model in models.items():
             torch.cuda.reset_peak_memory_stats()
-            train_step(model, name)()
+            train_step(model, name, x, y, args)()
             results[name]["mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return results
 
@@ -217,17 +225,11 @@ def _status_kb(field: str) -> int:
 
 def _first_step_peak(spec: str, args, connection) -> None:
     torch.set_num_threads(args.threads)
-    model = prepare(build(spec, args.drop_path), args, compiled=False).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-    y = torch.randint(0, 1000, (args.batch_size,))
+    step = train_step(prepare(build(spec, args.drop_path), args, compiled=False).train(), spec, *batch(args), args)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets the high-water mark VmHWM to the current resident size
     before = _status_kb("VmRSS:")
-    with autocast(args, spec):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    optimizer.step()
+    step()
     connection.send((_status_kb("VmHWM:") - before) / 1024)
 
 
