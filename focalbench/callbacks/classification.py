@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from focalbench.callbacks.tensorboard import displayable, grid, log_figure
+from focalbench.callbacks.tensorboard import displayable, grid, image_normalization, log_figure
 
 
 class ClassificationImages(Callback):
@@ -25,7 +25,8 @@ class ClassificationImages(Callback):
             predicted = pl_module(images).argmax(-1)
         names = pl_module.class_names
         figure, axes = grid(len(images))
-        for axis, image, pred, true in zip(axes, displayable(images), predicted.tolist(), labels.tolist()):
+        shown = displayable(images, image_normalization(trainer))
+        for axis, image, pred, true in zip(axes, shown, predicted.tolist(), labels.tolist()):
             axis.imshow(image)
             axis.set_title(f"{names[pred]} / {names[true]}", color="green" if pred == true else "red", fontsize=8)
         figure.suptitle("predicted / true")
@@ -35,15 +36,14 @@ class ClassificationImages(Callback):
 class ConfusionMatrixImage(Callback):
     """The validation confusion matrix (rows: true class, columns: predicted), row-normalised, each epoch.
 
-    Reads the task's ``val_confusion`` metric; runs on every rank because computing it synchronises them.
+    Reads ``pl_module.evaluation_results["val"]["confusion"]``, the matrix the task computed over the whole split
+    (synchronised across ranks) at the end of the epoch.
     """
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        matrix = pl_module.val_confusion.compute().float().cpu()
-        if not trainer.is_global_zero:
-            return
+        matrix = pl_module.evaluation_results["val"]["confusion"].float().cpu()
         normalised = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
         names = pl_module.class_names
         size = min(20, 2 + 0.4 * len(names))

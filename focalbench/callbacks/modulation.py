@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from focalbench.callbacks.tensorboard import displayable, grid, log_figure
+from focalbench.callbacks.tensorboard import displayable, grid, image_normalization, log_figure
 from focalbench.models.focalnet import FocalModulation, FocalNetBlock, _FocalNetTrunk
 
 
@@ -60,7 +60,7 @@ class FocalModulationMaps(Callback):
         images = images[: self.num_images]
         maps = modulation_maps(trunk, modulation, images).cpu()
         figure, axes = grid(2 * len(images))
-        for i, (image, heat) in enumerate(zip(displayable(images), maps)):
+        for i, (image, heat) in enumerate(zip(displayable(images, image_normalization(trainer)), maps)):
             axes[2 * i].imshow(image)
             axes[2 * i + 1].imshow(image)
             axes[2 * i + 1].imshow(heat, cmap="jet", alpha=0.5)

@@ -13,8 +13,9 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from focalbench.callbacks.predictions import prediction_dir
-from focalbench.callbacks.tensorboard import displayable, log_figure, tensorboard
+from focalbench.callbacks.tensorboard import displayable, image_normalization, log_figure, tensorboard
 from focalbench.data.seg_transforms import IGNORE_INDEX
+from focalbench.tasks.metrics import segmentation_scores
 
 
 def default_palette() -> np.ndarray:
@@ -68,7 +69,7 @@ class SegmentationImages(Callback):
         figure, axes = plt.subplots(count, 3, figsize=(7.5, 2.6 * count), squeeze=False)
         seen: set[int] = set()
         for row, (image, mask, prediction) in enumerate(zip(batch["image"], batch["mask"], outputs[:count])):
-            shown = displayable(image[None])[0].numpy()
+            shown = displayable(image[None], image_normalization(trainer))[0].numpy()
             mask, prediction = mask.long().cpu().numpy(), prediction.cpu().numpy()
             seen |= set(np.unique(mask).tolist()) | set(np.unique(prediction).tolist())
             for axis, title, labels in zip(axes[row], ("image", "true", "predicted"), (None, mask, prediction)):
@@ -84,15 +85,13 @@ class SegmentationImages(Callback):
 
 class SegmentationClassIoU(Callback):
     """Per-class IoU of the validation split as a bar chart, every validation; classes absent from both the ground
-    truth and the predictions (IoU undefined, left out of mIoU) are marked "n/a". Reads the task's
-    ``split_scores``, computed on every rank (that synchronises them), drawn on rank 0."""
+    truth and the predictions (IoU undefined, left out of mIoU) are marked "n/a". Reads the scores the task computed
+    over the whole split (``evaluation_results["val"]``, see :func:`segmentation_scores`), drawn on rank 0."""
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or tensorboard(trainer) is None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or tensorboard(trainer) is None or not trainer.is_global_zero:
             return
-        scores = pl_module.split_scores("val")
-        if not trainer.is_global_zero:
-            return
+        scores = segmentation_scores(pl_module.evaluation_results["val"]["confusion"])
         iou = scores["IoU"].cpu()
         names = pl_module.class_names
         figure, axis = plt.subplots(figsize=(7, 1 + 0.16 * len(names)))

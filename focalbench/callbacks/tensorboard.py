@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
+
+from focalbench.models.contract import IMAGENET_NORMALIZATION, Normalization  # noqa: E402
 
 
 def tensorboard(trainer: Trainer):
@@ -28,8 +29,16 @@ def log_figure(trainer: Trainer, tag: str, figure: plt.Figure) -> None:
     plt.close(figure)
 
 
-def displayable(images: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """Normalised NCHW images back to NHWC floats in [0, 1] for ``imshow``."""
+def image_normalization(trainer: Trainer | None) -> Normalization:
+    """The mean / std the data module applied to the images it loads (ImageNet's without one)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    return getattr(datamodule, "image_normalization", IMAGENET_NORMALIZATION)
+
+
+def displayable(images: torch.Tensor, normalization: Normalization = IMAGENET_NORMALIZATION) -> torch.Tensor:
+    """Normalised NCHW images back to NHWC floats in [0, 1] for ``imshow`` (``normalization``: what the data
+    applied, :func:`image_normalization`)."""
+    mean, std = normalization
     mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu()

@@ -13,6 +13,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from focalbench.data.images import read_rgb
+from focalbench.models.contract import IMAGENET_NORMALIZATION, Normalization
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -66,6 +67,18 @@ class BaseDataModule(LightningDataModule):
         from focalbench.data.demo import demo_root
 
         return str(demo_root() / self.demo_subdir)
+
+    @property
+    def normalization(self) -> Normalization:
+        """The model's input mean / std (``BaseTask.normalization``, read off its backbone) once the trainer holds
+        the model; ImageNet's for a data module used on its own."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        return getattr(module, "normalization", IMAGENET_NORMALIZATION)
+
+    @property
+    def image_normalization(self) -> Normalization:
+        """The mean / std the loaded images carry (what pictures undo to show them); detection's stay in [0, 1]."""
+        return self.normalization
 
     # ---------------------------------------------------------------- loaders
     def _replicas(self) -> tuple[int, int]:

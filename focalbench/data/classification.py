@@ -185,12 +185,16 @@ class ClassificationDataModule(BaseDataModule):
     def train_transform(self) -> Callable:
         if not self.augment:
             return self.eval_transform()
+        mean, std = self.normalization
         return classification_train_transform(
             self.image_size,
             scale=(self.min_crop_scale, 1.0),
             auto_augment=self.auto_augment,
             random_erasing=self.random_erasing,
+            mean=mean,
+            std=std,
         )
 
     def eval_transform(self) -> Callable:
-        return classification_eval_transform(self.image_size, crop_pct=self.crop_pct)
+        mean, std = self.normalization
+        return classification_eval_transform(self.image_size, crop_pct=self.crop_pct, mean=mean, std=std)

@@ -32,6 +32,7 @@ from focalbench.data.coco import (
 from focalbench.data.images import read_rgb
 from focalbench.data.sources import DataSourceError, _is_saved_dataset, load_source, require_columns, train_val_splits
 from focalbench.data.transforms import SeededTransform
+from focalbench.models.contract import Normalization
 
 
 def collate_lists(batch: list[dict]) -> dict[str, list]:
@@ -328,6 +329,11 @@ class DetectionDataModule(BaseDataModule):
         if self._coco_files is None:
             return {}
         return {image["file_name"]: image["id"] for data in self._coco_json.values() for image in data["images"]}
+
+    @property
+    def image_normalization(self) -> Normalization:
+        """Images stay in [0, 1]: the detector normalises them itself, with the same ``normalization``."""
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
     # ------------------------------------------------------------- loaders and transforms
     def collate_fn(self) -> Callable:

@@ -348,7 +348,9 @@ class SegmentationDataModule(BaseDataModule):
             cat_max_ratio=self.cat_max_ratio,
             hflip=self.hflip,
             photometric=self.photometric,
+            mean=self.normalization[0],
+            std=self.normalization[1],
         )
 
     def eval_transform(self) -> Callable:
-        return segmentation_eval_transform()
+        return segmentation_eval_transform(*self.normalization)

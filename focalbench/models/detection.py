@@ -30,8 +30,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from focalbench.models.contract import input_normalization
 
 
 class BackboneFPN(nn.Module):
@@ -66,19 +65,12 @@ class BackboneFPN(nn.Module):
         )
         self.out_channels = out_channels
         self.featmap_names = [str(i) for i in range(len(in_channels))]  # the levels RoI pooling may use
-        self.strides = list(getattr(backbone, "strides", [4 * 2**i for i in range(len(in_channels))]))
-        self.size_divisibility = int(getattr(backbone, "size_divisibility", 32))
+        self.strides = list(backbone.strides)
+        self.size_divisibility = int(backbone.size_divisibility)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features = self.body(x)
         return self.fpn(OrderedDict(zip(self.featmap_names, features)))
-
-
-def default_normalization(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean / std the backbone was trained with: a timm model's ``pretrained_cfg`` where it has one (some timm
-    weights use 0.5 / 0.5), ImageNet's otherwise (FocalNet, ResNets)."""
-    cfg = getattr(getattr(backbone, "body", backbone), "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
 def build_mask_rcnn(
@@ -107,7 +99,7 @@ def build_mask_rcnn(
             training) and uses the last one in evaluation.
         max_size: cap on the longer side after resizing.
         image_mean / image_std: normalisation applied by the detector to the [0, 1] input images; None takes the
-            backbone's (:func:`default_normalization`).
+            backbone's (:func:`~focalbench.models.contract.input_normalization`).
         fpn_channels: width of the FPN levels and of the RPN / RoI heads' input.
         box_head_dim / mask_head_dim: width of the box head's two fully connected layers (1024) and of the mask
             head's four 3x3 convolutions (256), as mmdet and torchvision; smaller for the CPU demo, where the mask
@@ -121,7 +113,7 @@ def build_mask_rcnn(
     """
     fpn = backbone if isinstance(backbone, BackboneFPN) else BackboneFPN(backbone, out_channels=fpn_channels)
     if image_mean is None or image_std is None:
-        mean, std = default_normalization(fpn.body)
+        mean, std = input_normalization(fpn.body)
         image_mean = mean if image_mean is None else image_mean
         image_std = std if image_std is None else image_std
     names = fpn.featmap_names

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 from collections.abc import Sequence
 
@@ -9,8 +11,11 @@ import torch
 from torch import nn
 
 from focalbench.models.checkpoints import load_into
-from focalbench.models.focalnet import FocalNet, FocalNetBackbone
+from focalbench.models.contract import pad_to_multiple, prefixed_matcher
+from focalbench.models.focalnet import FocalNet, FocalNetBackbone, _FocalNetTrunk
 from focalbench.models.variants import VARIANTS, get_variant
+
+log = logging.getLogger(__name__)
 
 
 def create_model(
@@ -41,44 +46,77 @@ def timm_pretrained_kwargs(pretrained: str | os.PathLike | bool | None) -> dict:
     return {"pretrained": bool(pretrained)}
 
 
+# FocalNet architecture arguments: they describe our model only, so a config written for FocalNet (embed_dim,
+# depths, focal_windows …) must not reach another backbone when ``model.backbone`` names a timm model.
+FOCALNET_ONLY_KWARGS = frozenset(inspect.signature(_FocalNetTrunk.__init__).parameters) - {
+    "self",
+    "in_chans",
+    "drop_rate",
+    "drop_path_rate",
+    "grad_checkpointing",
+}
+
+
+def drop_focalnet_kwargs(name: str, kwargs: dict) -> dict:
+    """``kwargs`` without the FocalNet architecture keys when ``name`` is not a FocalNet variant, saying which went."""
+    if name in VARIANTS:
+        return dict(kwargs)
+    dropped = sorted(k for k in kwargs if k in FOCALNET_ONLY_KWARGS)
+    if dropped:
+        log.warning("model.backbone %s is not a FocalNet: ignoring the FocalNet settings %s", name, ", ".join(dropped))
+    return {k: v for k, v in kwargs.items() if k not in FOCALNET_ONLY_KWARGS}
+
+
+def _create_timm(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model`` with a dynamic input size where the model supports one (ViT, Swin: dense inputs are
+    not 224²)."""
+    import timm
+
+    try:
+        return timm.create_model(name, dynamic_img_size=True, **kwargs)
+    except TypeError as err:
+        if "dynamic_img_size" not in str(err):
+            raise
+        return timm.create_model(name, **kwargs)
+
+
 class TimmBackbone(nn.Module):
-    """Any timm model as a multi-scale backbone with the same interface as :class:`FocalNetBackbone`."""
+    """Any timm model as a :class:`~focalbench.models.contract.DenseBackbone`.
+
+    The model is built once and wrapped by timm's ``FeatureGetterNet`` (its ``forward_intermediates``, NCHW output
+    whatever the model's own layout, e.g. Swin's NHWC); ``out_channels`` / ``strides`` come from timm's
+    ``feature_info``. By default the last four levels at stride >= 4 (ResNets also expose their stride-2 stem).
+    ``group_matcher`` is the timm model's own, so layer-wise lr decay and stage freezing work as for FocalNet.
+    """
 
     def __init__(
         self, name: str, pretrained: str | bool | None = None, out_indices: Sequence[int] | None = None, **kwargs
     ) -> None:
         super().__init__()
-        import timm
+        from timm.models._features import FeatureGetterNet
 
+        model = _create_timm(name, **timm_pretrained_kwargs(pretrained), **kwargs)
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(
+                f"model.backbone {name}: this timm model has no forward_intermediates, so it cannot serve as a "
+                "multi-scale backbone; choose another (resnet50, convnext_tiny, swin_tiny_*)"
+            )
         if out_indices is None:
-            # The last four levels at stride >= 4 (ResNets also expose their stride-2 stem as level 0).
-            reductions = timm.create_model(
-                name, features_only=True, pretrained=False, **kwargs
-            ).feature_info.reduction()
+            reductions = [info["reduction"] for info in model.feature_info]
             out_indices = [i for i, r in enumerate(reductions) if r >= 4][-4:]
-
-        self.body = timm.create_model(
-            name,
-            **timm_pretrained_kwargs(pretrained),
-            features_only=True,
-            out_indices=tuple(out_indices),
-            **kwargs,
-        )
+        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        self.body = FeatureGetterNet(model, out_indices=tuple(out_indices), output_fmt="NCHW")
         info = self.body.feature_info
         self.out_channels = list(info.channels())
         self.strides = list(info.reduction())
         self.size_divisibility = max(self.strides)
+        self.group_matcher = prefixed_matcher(self.body.model, "body.model.")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.model.set_grad_checkpointing(enable)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        pad_h, pad_w = (-x.shape[2]) % self.size_divisibility, (-x.shape[3]) % self.size_divisibility
-        if pad_h or pad_w:
-            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
-        features = self.body(x)
-        # Some timm models (Swin) hand back NHWC maps: recognised by where the advertised channel count sits.
-        return [
-            f.permute(0, 3, 1, 2) if f.shape[1] != c and f.shape[-1] == c else f
-            for f, c in zip(features, self.out_channels)
-        ]
+        return list(self.body(pad_to_multiple(x, self.size_divisibility)))
 
 
 def build_backbone(
@@ -88,9 +126,10 @@ def build_backbone(
     out_indices: Sequence[int] | None = None,
     **overrides,
 ) -> nn.Module:
-    """A dense-task backbone: a FocalNet variant (per-stage norms, focal window from ``overrides``) or any timm
-    model with ``features_only=True`` (by default its last four levels at stride >= 4, e.g. 4/8/16/32). Both
-    expose ``out_channels``, ``strides``, ``size_divisibility`` and return a list of NCHW feature maps."""
+    """A :class:`~focalbench.models.contract.DenseBackbone`: a FocalNet variant (per-stage norms, focal window
+    from ``overrides``; every stage by default) or any timm model (:class:`TimmBackbone`; by default its last four
+    levels at stride >= 4, e.g. 4/8/16/32). FocalNet architecture ``overrides`` are dropped, with a warning, for
+    a timm model, so one config serves both."""
     if name not in VARIANTS:
         try:
             import timm
@@ -100,9 +139,12 @@ def build_backbone(
             known_to_timm = False
         if not known_to_timm:
             get_variant(name)  # raises with the known FocalNet names and the closest match
+        overrides = drop_focalnet_kwargs(name, overrides)
         return TimmBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
     variant = get_variant(name)
-    model = FocalNetBackbone(out_indices=out_indices or (0, 1, 2, 3), **{**variant.kwargs, **overrides})
+    kwargs = {**variant.kwargs, **overrides}
+    default_indices = tuple(range(len(kwargs.get("depths", (2, 2, 6, 2)))))  # every stage (one for the *_iso)
+    model = FocalNetBackbone(out_indices=default_indices if out_indices is None else out_indices, **kwargs)
     model.variant = variant
     if pretrained:
         load_into(model, pretrained)

@@ -25,6 +25,7 @@ from timm.layers import LayerNorm2d as _LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from focalbench.models.contract import pad_to_multiple
 from focalbench.models.fused import block_fused, fused_path_available
 from focalbench.models.layout import channels_last_grad
 
@@ -375,8 +376,5 @@ class FocalNetBackbone(_FocalNetTrunk):
         self.init_weights()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        pad_h, pad_w = (-x.shape[2]) % self.size_divisibility, (-x.shape[3]) % self.size_divisibility
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        stages = self.forward_stages(x)
+        stages = self.forward_stages(pad_to_multiple(x, self.size_divisibility))
         return [getattr(self, f"norm{i}")(stages[i]) for i in self.out_indices]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import Metric, MetricCollection
 
+from focalbench.models.contract import Normalization, freeze_stages, input_normalization
 from focalbench.models.factory import build_backbone
 from focalbench.tasks.optim import Schedule, lr_lambda, param_groups
 
@@ -26,6 +30,13 @@ class BaseTask(LightningModule):
     """Template for the tasks (torchgeo-style): ``__init__`` saves the hyperparameters and calls
     ``configure_models``, ``configure_losses`` and ``configure_metrics``, which the subclasses fill.
 
+    Evaluation has one path for every task: the subclass gives :meth:`make_metrics` (one fresh metric object,
+    cloned per stage), :meth:`evaluation_step` (inference + ``stage_metrics(stage).update``; its return value is
+    what picture callbacks receive as the batch's ``outputs``) and :meth:`summarize` (the computed, rank-synchronised
+    metric as flat scalars). At the end of each validation / test epoch the metrics are computed once, logged as
+    ``{stage}_{name}`` and reset; the computed values stay in ``evaluation_results[stage]`` for callbacks to draw
+    (read them in ``on_validation_end``, after the task's epoch-end hook).
+
     Args:
         backbone: a FocalNet variant (``focalnet_tiny_srf`` …) or any timm model name.
         pretrained: weights for the backbone: a local file (official, timm or Hugging Face layout) or a hub id.
@@ -34,8 +45,9 @@ class BaseTask(LightningModule):
         num_classes: number of classes; linked from the data module by ``cli.py``.
         class_names: class names for logs and predictions; linked from the data module.
         drop_path_rate: stochastic depth of the backbone.
-        freeze_backbone: train only the heads.
-        frozen_stages: freeze the patch embedding and the first N stages (FocalNet backbones).
+        freeze_backbone: train only the heads (a classifier's ``head`` included).
+        frozen_stages: freeze the stem and the first N stages (timm's coarse parameter groups, which count a
+            stage's downsampling with the next stage; FocalNet and timm backbones alike).
         layer_decay: layer-wise lr decay (e.g. 0.9); None = same lr everywhere.
         optimizer: the optimizer class and its arguments (``torch.optim.AdamW`` by default); it receives the groups.
         schedule: lr decay after warm-up, stepped every optimizer step.
@@ -76,6 +88,7 @@ class BaseTask(LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        self.evaluation_results: dict[str, Any] = {}
         self._apply_freezing()
         if grad_checkpointing:
             self.backbone_module().set_grad_checkpointing(True)
@@ -91,14 +104,28 @@ class BaseTask(LightningModule):
         pass
 
     def configure_metrics(self) -> None:
-        pass
+        """One clone of :meth:`make_metrics` per evaluation stage (``val``, ``test``)."""
+        self.eval_metrics = nn.ModuleDict({stage: self.make_metrics() for stage in ("val", "test")})
+
+    def make_metrics(self) -> Metric | MetricCollection:
+        """A fresh instance of the task's metrics (state summed over the whole split, synchronised across ranks)."""
+        raise NotImplementedError
+
+    def evaluation_step(self, batch: Any, stage: str) -> Any:
+        """Predict on an evaluation batch and update ``self.stage_metrics(stage)``; returns the predictions."""
+        raise NotImplementedError
+
+    def summarize(self, computed: Any, stage: str) -> dict[str, Tensor]:
+        """The computed metrics as flat scalars named without the stage prefix (``acc1``, ``IoU/<class>`` …)."""
+        return dict(computed)
 
     def backbone_module(self) -> nn.Module:
         """The pretrained part: frozen by ``freeze_backbone``, lr-decayed by depth with ``layer_decay``."""
         raise NotImplementedError
 
     def head_modules(self) -> list[nn.Module]:
-        """Newly initialised parts, trained at the full lr."""
+        """Newly initialised parts, trained at the full lr and never frozen (they may lie inside the backbone
+        module, as a classifier's head does)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared by the tasks
@@ -128,18 +155,67 @@ class BaseTask(LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.model))
         return self._compiled
 
+    @cached_property
+    def normalization(self) -> Normalization:
+        """The input mean / std of the backbone's weights, decided once for the data, the model and the pictures."""
+        return input_normalization(self.backbone_module())
+
     def _apply_freezing(self) -> None:
         backbone = self.backbone_module()
         if self.hparams.freeze_backbone:
             backbone.requires_grad_(False)
         elif self.hparams.frozen_stages:
-            if not hasattr(backbone, "patch_embed") or not hasattr(backbone, "layers"):
-                raise ValueError("model.frozen_stages needs a FocalNet backbone; use model.freeze_backbone instead")
-            backbone.patch_embed.requires_grad_(False)
-            for stage in backbone.layers[: self.hparams.frozen_stages]:
-                stage.requires_grad_(False)
+            freeze_stages(backbone, self.hparams.frozen_stages)
+        for head in self.head_modules():
+            head.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> BaseTask:
+        """As ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode: a frozen backbone keeps its running
+        statistics too (mmdet's ``norm_eval``), so a linear probe changes nothing but the head."""
+        super().train(mode)
+        if mode:
+            self._frozen_norms_to_eval()
+        return self
+
+    def _frozen_norms_to_eval(self) -> None:
+        for module in self.backbone_module().modules():
+            params = list(module.parameters(recurse=False))
+            frozen = params and not any(p.requires_grad for p in params)
+            if frozen and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    # ------------------------------------------------------------------ evaluation
+    def stage_metrics(self, stage: str) -> Metric | MetricCollection:
+        return self.eval_metrics[stage]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.evaluation_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.evaluation_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        for stage in self.eval_metrics:
+            if stage.startswith("val"):  # ``val`` and variants such as ``val_ema``
+                self.log_scores(stage)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_scores("test")
+
+    def log_scores(self, stage: str) -> None:
+        """Compute the stage's metrics over the split (synchronised across ranks), log them, keep them, reset."""
+        metrics = self.stage_metrics(stage)
+        computed = metrics.compute()
+        self.evaluation_results[stage] = computed
+        scores = {f"{stage}_{name}": value for name, value in self.summarize(computed, stage).items()}
+        # Identical on every rank (computed from the synchronised state), so logged without another reduction.
+        self.log_dict({k: v for k, v in scores.items() if k != self.monitor})
+        if self.monitor in scores:
+            self.log(self.monitor, scores[self.monitor], prog_bar=True)
+        metrics.reset()
 
     def on_train_epoch_start(self) -> None:
+        self._frozen_norms_to_eval()  # Lightning does not call train() on the module; evaluation restores modes
         # Streamed (iterable) data sets shuffle by seed + epoch; samplers get their epoch from Lightning itself.
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):

@@ -13,16 +13,17 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from focalbench.callbacks.predictions import ClassificationCSVWriter
 from focalbench.models import VARIANTS, create_model
-from focalbench.models.factory import timm_pretrained_kwargs
+from focalbench.models.factory import drop_focalnet_kwargs, timm_pretrained_kwargs
 from focalbench.tasks.base import BaseTask
 
 
 class ClassificationTask(BaseTask):
     """Classifier with cross-entropy (label smoothing), or soft-target CE under timm Mixup/CutMix, optional EMA.
 
-    Metrics over the whole validation split (torchmetrics, synchronised under DDP): ``val_acc1``, ``val_acc5``,
-    per-class accuracy (``val_acc_class/<name>``) and the confusion matrix (drawn by ``ConfusionMatrixImage``);
-    with ``ema_decay`` the EMA weights are validated too (``val_ema_acc1``).
+    Metrics over the whole split (torchmetrics, synchronised under DDP): ``val_acc1``, ``val_acc5``, ``val_loss``,
+    per-class accuracy (``val_acc_class/<name>``) and the confusion matrix (``evaluation_results["val"]
+    ["confusion"]``, drawn by ``ConfusionMatrixImage``); the same with ``test_`` for ``test``; with ``ema_decay`` the
+    EMA weights are validated too (``val_ema_acc1`` …).
 
     Args (besides :class:`BaseTask`'s):
         label_smoothing: for the hard-label loss and inside Mixup's soft targets.
@@ -66,7 +67,7 @@ class ClassificationTask(BaseTask):
                 num_classes=hp.num_classes,
                 drop_path_rate=hp.drop_path_rate,
                 **timm_pretrained_kwargs(hp.pretrained),
-                **(hp.backbone_kwargs or {}),
+                **drop_focalnet_kwargs(hp.backbone, hp.backbone_kwargs or {}),
             )
         self.mixup = None
         if hp.mixup_alpha > 0 or hp.cutmix_alpha > 0:
@@ -85,29 +86,39 @@ class ClassificationTask(BaseTask):
         self.hard_loss = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
 
-    def configure_metrics(self) -> None:
+    def make_metrics(self) -> MetricCollection:
         k = self.hparams.num_classes
         # Top-k accuracy over all samples (micro), as ImageNet results are reported. No compute groups: top-1 and
         # top-5 hold states of the same shape, and torchmetrics would merge them after a batch where they agree.
-        accuracy = MetricCollection(
+        return MetricCollection(
             {
                 "acc1": MulticlassAccuracy(k, top_k=1, average="micro"),
                 "acc5": MulticlassAccuracy(k, top_k=min(5, k), average="micro"),
+                "acc_class": MulticlassAccuracy(k, average=None),
+                "confusion": MulticlassConfusionMatrix(k),
                 "loss": MeanMetric(),
             },
             compute_groups=False,
         )
-        self.val_metrics = accuracy.clone(prefix="val_")
-        self.test_metrics = accuracy.clone(prefix="test_")
-        self.val_ema_metrics = accuracy.clone(prefix="val_ema_") if self.hparams.ema_decay else None
-        self.val_class_accuracy = MulticlassAccuracy(k, average=None)
-        self.val_confusion = MulticlassConfusionMatrix(k)
+
+    def configure_metrics(self) -> None:
+        super().configure_metrics()
+        if self.hparams.ema_decay:
+            self.eval_metrics["val_ema"] = self.make_metrics()
+
+    def summarize(self, computed: dict, stage: str) -> dict[str, torch.Tensor]:
+        """``acc1``, ``acc5``, ``loss`` and ``acc_class/<name>``; the confusion matrix is drawn, not logged."""
+        scores = {name: computed[name] for name in ("acc1", "acc5", "loss")}
+        scores.update({f"acc_class/{name}": acc for name, acc in zip(self.class_names, computed["acc_class"])})
+        return scores
 
     def backbone_module(self) -> nn.Module:
         return self.model
 
     def head_modules(self) -> list[nn.Module]:
-        return []  # the head is part of the model: timm's group_matcher puts it in the top group at full lr
+        # Inside the model: trained at full lr (timm's group_matcher would put it in the top group anyway) and never
+        # frozen, so a linear probe (freeze_backbone) trains exactly the classifier.
+        return [self.model.get_classifier()]
 
     def configure_callbacks(self) -> list[Callback]:
         return [
@@ -133,36 +144,20 @@ class ClassificationTask(BaseTask):
         if self.model_ema is not None:
             self.model_ema.update(self.model, step=self.global_step)
 
-    @staticmethod
-    def _update(metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+    def _update(self, metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor) -> None:
         for name, metric in metrics.items(keep_base=True):
-            # the loss is a per-sample mean weighted by batch size, so uneven DDP shards average exactly
-            metric.update(loss, weight=len(labels)) if name == "loss" else metric.update(logits, labels)
+            if name == "loss":  # a per-sample mean weighted by batch size, so uneven DDP shards average exactly
+                metric.update(self.eval_loss(logits, labels), weight=len(labels))
+            else:
+                metric.update(logits, labels)
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection) -> torch.Tensor:
+    def evaluation_step(self, batch: dict, stage: str) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
         logits = self(images)
-        self._update(metrics, logits, labels, self.eval_loss(logits, labels))
-        self.log_dict(metrics, batch_size=len(images), prog_bar=True)
+        self._update(self.stage_metrics(stage), logits, labels)
+        if stage == "val" and self.model_ema is not None:
+            self._update(self.stage_metrics("val_ema"), self.model_ema(images), labels)
         return logits
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self._evaluate(batch, self.val_metrics)
-        self.val_class_accuracy.update(logits, batch["label"])
-        self.val_confusion.update(logits, batch["label"])
-        if self.val_ema_metrics is not None:
-            ema_logits = self.model_ema(batch["image"])
-            self._update(self.val_ema_metrics, ema_logits, batch["label"], self.eval_loss(ema_logits, batch["label"]))
-            self.log_dict(self.val_ema_metrics, batch_size=len(batch["label"]))
-
-    def on_validation_epoch_end(self) -> None:
-        per_class = self.val_class_accuracy.compute()
-        self.log_dict({f"val_acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)})
-        self.val_class_accuracy.reset()
-        self.val_confusion.reset()  # drawn by the ConfusionMatrixImage callback, which runs before this hook
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["image"]).softmax(-1)

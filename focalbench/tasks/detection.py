@@ -149,9 +149,11 @@ class DetectionTask(BaseTask):
         )
         object.__setattr__(self, "_backbone", backbone)  # a reference, not a second registration of the module
 
-    def configure_metrics(self) -> None:
-        self.val_map = detection_metric(self.hparams.with_masks)
-        self.test_map = detection_metric(self.hparams.with_masks)
+    def make_metrics(self) -> CocoMeanAveragePrecision:
+        return detection_metric(self.hparams.with_masks)
+
+    def summarize(self, computed: dict, stage: str) -> dict[str, torch.Tensor]:
+        return summarize_map(computed, self.class_names, "", self.hparams.with_masks)
 
     def backbone_module(self) -> nn.Module:
         return self._backbone
@@ -186,30 +188,14 @@ class DetectionTask(BaseTask):
         self.log("train_loss", loss, prog_bar=True, batch_size=size)
         return loss
 
-    def _evaluate(self, batch: dict, metric: MeanAveragePrecision) -> list[dict]:
+    def evaluation_step(self, batch: dict, stage: str) -> list[dict]:
         detections = self(batch["image"])
         with_masks = self.hparams.with_masks
         if with_masks and any("masks" not in t for t in batch["target"]):
             raise ValueError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
-        metric.update(*metric_inputs(detections, batch["target"], with_masks, self.hparams.mask_threshold))
+        metric_input = metric_inputs(detections, batch["target"], with_masks, self.hparams.mask_threshold)
+        self.stage_metrics(stage).update(*metric_input)
         return detections  # drawn by the DetectionImages callback
-
-    def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
-        results = metric.compute()  # synchronised across ranks: every rank logs the same values
-        self.log_dict(summarize_map(results, self.class_names, prefix, self.hparams.with_masks))
-        metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return self._evaluate(batch, self.val_map)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_map(self.val_map, "val_")
-
-    def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return self._evaluate(batch, self.test_map)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_map(self.test_map, "test_")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Per image: ``file_name``, ``image_id``, ``boxes`` (xyxy), ``scores``, ``labels`` (1..K), and ``masks``

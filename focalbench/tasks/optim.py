@@ -14,18 +14,23 @@ Schedule = Literal["cosine", "poly", "step", "constant"]
 
 def param_groups(backbone: nn.Module, heads: Sequence[nn.Module], layer_decay: float | None = None) -> list[dict]:
     """Optimizer groups: the backbone by depth (timm's ``param_groups_layer_decay`` over its ``group_matcher``,
-    lr scaled by ``layer_decay ** (depth from the top)``), the heads at full lr.
+    lr scaled by ``layer_decay ** (depth from the top)``), the heads at full lr (also a head that is part of the
+    backbone module, as a classifier's).
 
     Tensors of one dimension (norms, biases, LayerScale γ) get ``weight_decay=0``; the other groups carry no
     ``weight_decay`` key, so the optimizer's own setting (from the config) applies to them.
     """
     sentinel = 1.0  # marks decayed groups, whose key is then removed
-    if layer_decay is not None and hasattr(backbone, "group_matcher"):
+    if layer_decay is not None:  # without a group_matcher timm groups the layers itself, warning if it cannot
         groups = param_groups_layer_decay(backbone, weight_decay=sentinel, layer_decay=layer_decay)
     else:
         groups = param_groups_weight_decay(backbone, weight_decay=sentinel)
+    # A head may sit inside the backbone module (a classifier's ``head``): it trains in its own groups, at full lr.
+    in_heads = {id(p) for head in heads for p in head.parameters()}
+    for group in groups:
+        group["params"] = [p for p in group["params"] if id(p) not in in_heads]
     for head in heads:
-        groups += param_groups_weight_decay(head, weight_decay=sentinel)
+        groups += [{**g, "lr_scale": 1.0} for g in param_groups_weight_decay(head, weight_decay=sentinel)]
     groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
     for group in groups:
         group["params"] = [p for p in group["params"] if p.requires_grad]

@@ -11,33 +11,14 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from focalbench.callbacks.segmentation import SegmentationMaskWriter
 from focalbench.data.seg_transforms import IGNORE_INDEX, rescale_size
 from focalbench.models.heads import UPerNet
 from focalbench.tasks.base import BaseTask
-
-
-def segmentation_scores(confusion: Tensor) -> dict[str, Tensor]:
-    """mmseg's metrics from a confusion matrix summed over a whole split (rows: true class, columns: predicted;
-    ignored pixels never counted). Per class, with P the predicted and G the true pixels of the class:
-    ``IoU = |P ∩ G| / |P ∪ G|`` and ``Acc = |P ∩ G| / |G|``, NaN where the denominator is 0 (a class absent from
-    the ground truth and the predictions, resp. from the ground truth); ``mIoU``, ``mAcc`` their NaN-means;
-    ``aAcc = Σ|P ∩ G| / Σ|G|``. Fractions in [0, 1] (mmseg prints them ×100)."""
-    confusion = confusion.double()
-    intersection = confusion.diag()
-    label_area = confusion.sum(1)
-    union = label_area + confusion.sum(0) - intersection
-    iou, acc = intersection / union, intersection / label_area  # 0 / 0 = NaN: left out of the means
-    return {
-        "IoU": iou.float(),
-        "Acc": acc.float(),
-        "mIoU": iou.nanmean().float(),
-        "mAcc": acc.nanmean().float(),
-        "aAcc": (intersection.sum() / label_area.sum().clamp(min=1)).float(),
-    }
+from focalbench.tasks.metrics import segmentation_scores
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -116,13 +97,26 @@ class SegmentationTask(BaseTask):
             raise ValueError(f"model.class_weights has {len(weights)} entries for {self.hparams.num_classes} classes")
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float) if weights else None)
 
-    def configure_metrics(self) -> None:
-        k = self.hparams.num_classes
+    def make_metrics(self) -> MetricCollection:
         # Pixel counts summed over the split (and over ranks under DDP); inputs are checked when the data is read.
-        self.val_confusion = MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX, validate_args=False)
-        self.test_confusion = MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX, validate_args=False)
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        k = self.hparams.num_classes
+        return MetricCollection(
+            {
+                "confusion": MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX, validate_args=False),
+                "loss": MeanMetric(),
+            },
+            compute_groups=False,
+        )
+
+    def summarize(self, computed: dict, stage: str) -> dict[str, Tensor]:
+        """``mIoU``, ``mAcc``, ``aAcc``, ``loss`` and ``IoU/<class>`` (see :func:`segmentation_scores`)."""
+        scores = segmentation_scores(computed["confusion"])
+        tags = [name.replace(" ", "_").replace("/", "_") for name in self.class_names]
+        return {
+            **{key: scores[key] for key in ("mIoU", "mAcc", "aAcc")},
+            "loss": computed["loss"],
+            **{f"IoU/{tag}": iou for tag, iou in zip(tags, scores["IoU"])},
+        }
 
     def backbone_module(self) -> nn.Module:
         return self.model.backbone
@@ -222,42 +216,18 @@ class SegmentationTask(BaseTask):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
-    def _evaluate(self, batch: dict, stage: str) -> list[Tensor]:
-        confusion, loss_metric = getattr(self, f"{stage}_confusion"), getattr(self, f"{stage}_loss")
+    def evaluation_step(self, batch: dict, stage: str) -> list[Tensor]:
+        """Predictions at the original size scored against the original masks; returned for the picture callback."""
+        metrics = self.stage_metrics(stage)
         predictions = []
         for log_probs, mask in zip(self.infer(batch["image"]), batch["mask"]):
             mask = mask.long()[None]
             prediction = log_probs.argmax(0)
-            confusion.update(prediction[None], mask)
+            metrics["confusion"].update(prediction[None], mask)
             # log-probabilities are their own log-softmax, so this is the cross-entropy of the averaged prediction
-            loss_metric.update(self._cross_entropy(log_probs[None], mask))
+            metrics["loss"].update(self._cross_entropy(log_probs[None], mask))
             predictions.append(prediction)
-        self.log(f"{stage}_loss", loss_metric, batch_size=len(predictions))
         return predictions
-
-    def split_scores(self, stage: str = "val") -> dict[str, Tensor]:
-        """:func:`segmentation_scores` of the split so far (synchronised across processes; cached until reset)."""
-        return segmentation_scores(getattr(self, f"{stage}_confusion").compute())
-
-    def _log_scores(self, stage: str) -> None:
-        scores = self.split_scores(stage)
-        # Identical on every rank (computed from the synchronised matrix), so logged without another reduction.
-        self.log_dict({f"{stage}_{key}": scores[key] for key in ("mIoU", "mAcc", "aAcc")}, prog_bar=True)
-        tags = [name.replace(" ", "_").replace("/", "_") for name in self.class_names]
-        self.log_dict({f"{stage}_IoU/{tag}": iou for tag, iou in zip(tags, scores["IoU"])})
-        getattr(self, f"{stage}_confusion").reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
-        return self._evaluate(batch, "val")  # the predictions go to the picture callback
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
-        return self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         masks = [log_probs.argmax(0).to(torch.uint8).cpu() for log_probs in self.infer(batch["image"])]
