@@ -99,3 +99,20 @@ def test_grad_checkpointing_and_layer_decay_reach_any_backbone(backbone):
     for name, p in body.named_parameters():
         assert scale_of[id(p)] == 0.5 ** (top - ids[name]), name  # the stem at 0.5^top, the last blocks at 1
     assert all(scale_of[id(p)] == 1.0 for head in task.head_modules() for p in head.parameters())
+
+
+@pytest.mark.slow
+def test_compile_runs_the_same_model_and_keeps_plain_state_dict_keys():
+    from focalbench.tasks.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    task = ClassificationTask(
+        backbone="focalnet_tiny_srf", backbone_kwargs={"embed_dim": 8, "depths": [1, 1, 1, 1]}, num_classes=3,
+        compile=True,
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        compiled, eager = task(x), task.model(x)
+    assert task.network() is not task.model  # the compiled wrapper runs the steps
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert all("_orig_mod" not in k for k in task.state_dict())  # checkpoints load without torch.compile
