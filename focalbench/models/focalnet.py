@@ -266,13 +266,25 @@ class _FocalNetTrunk(nn.Module):
             )
         self.set_grad_checkpointing(grad_checkpointing)
 
+    # The 1×1 convolutions that are ``nn.Linear`` layers in the official code (and initialised as such there).
+    LINEAR_IN_OFFICIAL = ("modulation.f", "modulation.proj", "mlp.fc1", "mlp.fc2")
+
     def init_weights(self) -> None:
-        """Truncated-normal (std 0.02) linear and convolution weights, zero biases, unit LayerNorms."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+        """The official initialisation: truncated-normal (std 0.02) weights and zero biases for the layers that are
+        ``nn.Linear`` there (``f``, ``proj``, the MLP; here 1×1 convolutions), unit LayerNorms, and PyTorch's own
+        default for the real convolutions (patch embedding, downsampling, the depth-wise focal kernels and ``h``).
+
+        timm initialises every convolution at std 0.02 instead; that shrinks the depth-wise contexts ~10× (a 3×3
+        kernel's default std is ~0.19), the modulator with them, and a small FocalNet then barely trains from
+        scratch (the CPU demo stayed near chance)."""
+        for name, module in self.named_modules():
+            linear = isinstance(module, nn.Conv2d) and name.endswith(self.LINEAR_IN_OFFICIAL)
+            if linear or isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                module.reset_parameters()
             elif isinstance(module, nn.LayerNorm):  # LayerNorm2d included
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)

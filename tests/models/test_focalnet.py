@@ -180,3 +180,17 @@ def test_backward_stays_channels_last():
     assert len(layouts) == 10  # f, 2 focal levels x (conv, GELU), h, proj, fc1, GELU, fc2
     assert all(layouts.values()), layouts
     assert model.layers[0].blocks[0].modulation.f.weight.grad is not None
+
+
+def test_initialisation_follows_the_official_code():
+    # Official FocalNet initialises only its nn.Linear layers (f, proj, the MLP; 1×1 convolutions here) with
+    # trunc_normal(0.02); the patch embedding, downsampling, depth-wise focal kernels and h keep PyTorch's default
+    # kaiming-uniform, U(-1/√fan_in, 1/√fan_in), whose std is 1/√(3·fan_in).
+    torch.manual_seed(0)
+    model = create_model("focalnet_tiny_srf", embed_dim=32, depths=(1, 1, 1, 1))
+    modulation = model.layers[1].blocks[0].modulation  # 64 channels
+    for linear in (modulation.f, modulation.proj, model.layers[1].blocks[0].mlp.fc1):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.15) and not linear.bias.any()
+    for conv, fan_in in ((modulation.focal_layers[0][0], 9), (modulation.h, 64), (model.patch_embed.proj, 48)):
+        assert conv.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
+        assert conv.weight.abs().max().item() <= fan_in**-0.5
