@@ -112,7 +112,7 @@ class ClassificationTask(BaseTask):
     def configure_callbacks(self) -> list[Callback]:
         return [
             *self.checkpoint_callbacks("epoch{epoch:03d}-acc1{val_acc1:.4f}"),
-            ClassificationCSVWriter(),
+            *self.default_callbacks(ClassificationCSVWriter()),
         ]
 
     # ------------------------------------------------------------------ steps
