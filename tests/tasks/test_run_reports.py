@@ -127,7 +127,7 @@ def test_a_configured_model_checkpoint_is_the_one_that_runs(tmp_path):
     assert cli.trainer.checkpoint_callback.monitor == "val_loss"
 
 
-def test_test_scores_the_data_test_split(tmp_path, caplog):
+def test_test_scores_the_data_test_split(tmp_path, caplog, capsys):
     data = class_folders(tmp_path / "data", {"train": 4, "val": 2, "test": 3})
     cli = run(
         "test", "--config", "cls_custom.yaml", "--data.root", str(data), "--model.pretrained", "null",
@@ -135,6 +135,41 @@ def test_test_scores_the_data_test_split(tmp_path, caplog):
     )  # fmt: skip
     assert len(cli.trainer.test_dataloaders.dataset) == 9  # test/: 3 per class, not val/ (2 per class)
     assert "scoring the 'test' split (9 samples)" in caplog.text
+    printed = capsys.readouterr().out
+    score = float(cli.trainer.callback_metrics["test_acc1"])
+    assert "test finished" in printed and f"test_acc1         {score:.4f}" in printed  # the summary, monitored first
+    assert f"TensorBoard logs  {cli.trainer.log_dir}" in printed
+
+
+def seg_folders(root: Path, splits: dict[str, int]) -> Path:
+    """``images/<split>/*.png`` + ``masks/<split>/*.png`` (two classes) and ``classes.txt``."""
+    rng = np.random.default_rng(0)
+    for split, count in splits.items():
+        for folder in ("images", "masks"):
+            (root / folder / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            mask = np.zeros((32, 40), np.uint8)
+            mask[:, : 10 + 4 * i] = 1
+            image = rng.integers(0, 60, (32, 40, 3)) + 120 * mask[..., None]
+            Image.fromarray(image.astype(np.uint8)).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    (root / "classes.txt").write_text("background\nthing\n")
+    return root
+
+
+@pytest.mark.parametrize("splits", [{"train": 2, "val": 2, "test": 3}, {"train": 2, "val": 2}])
+def test_segmentation_test_scores_the_test_split_or_says_it_uses_validation(tmp_path, caplog, splits):
+    data = seg_folders(tmp_path / "data", splits)
+    cli = run(
+        "test", "--config", "seg_custom.yaml", "--data.root", str(data), "--model.pretrained", "null",
+        "--model.test_scale", "null", "--model.decode_channels", "16", "--model.aux_channels", "8",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), *TINY, *FAST,
+    )  # fmt: skip
+    scored = len(cli.trainer.test_dataloaders.dataset)
+    if "test" in splits:
+        assert scored == 3 and "test: scoring the 'test' split (3 samples)" in caplog.text
+    else:
+        assert scored == 2 and "no test split: scoring the validation split 'val' (2 samples)" in caplog.text
 
 
 def test_test_without_a_test_split_says_it_scores_the_validation_split(tmp_path, caplog):
