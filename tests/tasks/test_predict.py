@@ -4,7 +4,6 @@ unreadable files skipped and listed (``data.skip_corrupt``) or named in one line
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -101,9 +100,8 @@ def test_segmentation_writes_one_mask_per_image_keeping_path_and_extension(tmp_p
         assert mask.mode == "P" and mask.size == (w, h)
 
 
-def test_detection_draws_one_image_per_input_keeping_path_and_extension(tmp_path):
-    helpers = _detection_helpers()
-    helpers.write_coco(tmp_path / "coco", "train", 3, seed=0, suffix="2017")
+def test_detection_draws_one_image_per_input_keeping_path_and_extension(tmp_path, write_coco):
+    write_coco(tmp_path / "coco", "train", 3, seed=0, suffix="2017")
     coco = tmp_path / "coco"
     names = {"flower.tif": (40, 48), "flower.webp": (36, 52), "sub/flower.png": (44, 40)}
     source = write_images(tmp_path / "new", names)
@@ -154,8 +152,8 @@ def test_segmentation_skips_unreadable_files_and_lists_them(tmp_path, tiny_args)
     assert skipped_lines(out) == [str(p) for p in bad]
 
 
-def test_detection_skips_unreadable_files_and_lists_them(tmp_path):
-    _detection_helpers().write_coco(tmp_path / "coco", "train", 3, seed=0, suffix="2017")
+def test_detection_skips_unreadable_files_and_lists_them(tmp_path, write_coco):
+    write_coco(tmp_path / "coco", "train", 3, seed=0, suffix="2017")
     coco = tmp_path / "coco"
     good = {"a.png": (40, 48), "sub/b.jpg": (36, 52)}
     bad = write_corrupt(tmp_path / "new", good)
@@ -207,12 +205,3 @@ TINY_DET = [
     "--data.batch_size", "2", "--data.num_workers", "0",
     "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
 ]  # fmt: skip
-
-
-def _detection_helpers():
-    # The COCO-folder writer lives beside the data tests; tests are not a package (importlib import mode).
-    path = Path(__file__).resolve().parents[1] / "data" / "test_detection.py"
-    spec = importlib.util.spec_from_file_location("detection_data_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
