@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
 from pycocotools import mask as mask_utils
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid, save_image
 
-from focalbench.callbacks.predictions import prediction_dir
+from focalbench.callbacks.predictions import PredictionWriter, output_name
 from focalbench.callbacks.tensorboard import tensorboard
 
 
@@ -66,23 +65,23 @@ class DetectionImages(Callback):
         writer.add_image("val/detections", make_grid(padded, nrow=2, padding=4), global_step=trainer.global_step)
 
 
-class CocoResultsWriter(BasePredictionWriter):
+class CocoResultsWriter(PredictionWriter):
     """``detections.json`` in the COCO results format (``loadRes`` reads it): one entry per detection with
     ``image_id``, ``file_name``, ``category_id`` (the data's original id), ``bbox`` (xywh), ``score`` and, for
     Mask R-CNN, ``segmentation`` (compressed RLE). With ``draw_images``, each image is also saved with its
-    detections scoring at least ``score_threshold`` under ``images/``. Under DDP each rank writes
-    ``detections.rank<r>.json``.
+    detections scoring at least ``score_threshold`` under ``images/``, named after the whole input path
+    (``sub/flower.tif`` -> ``images/sub/flower.tif.png``). Under DDP each rank writes ``detections.rank<r>.json``.
     """
 
     def __init__(self, output_dir: str | None = None, draw_images: bool = False, score_threshold: float = 0.5) -> None:
-        super().__init__(write_interval="batch_and_epoch")
-        self.output_dir = output_dir
+        super().__init__(output_dir, write_interval="batch_and_epoch")
         self.draw_images = draw_images
         self.score_threshold = score_threshold
         self.results: list[dict] = []
         self.path: Path | None = None
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
         self.results = []
 
     @staticmethod
@@ -95,6 +94,7 @@ class CocoResultsWriter(BasePredictionWriter):
         ids = self.category_ids(trainer)
         for index, item in enumerate(prediction):
             self.results += coco_results(item, ids)
+            self.predicted.append(batch["path"][index])
             if self.draw_images:
                 self._draw(trainer, pl_module, batch["image"][index], item)
 
@@ -106,13 +106,13 @@ class CocoResultsWriter(BasePredictionWriter):
         names = pl_module.class_names
         labels = [f"{names[item['labels'][i] - 1]} {item['scores'][i]:.2f}" for i in keep]
         drawn = draw_detections(image, item["boxes"][keep], labels, masks, colour="orange")
-        path = prediction_dir(trainer, self.output_dir) / "images" / f"{Path(item['file_name']).with_suffix('')}.png"
+        path = self.directory(trainer) / "images" / output_name(item["file_name"])
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(drawn.float() / 255, path)
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices) -> None:
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        self.path = prediction_dir(trainer, self.output_dir) / f"detections{suffix}.json"
+        self.path = self.directory(trainer) / f"detections{suffix}.json"
         self.path.write_text(json.dumps(self.results))
 
 

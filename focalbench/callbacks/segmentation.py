@@ -8,11 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
 from matplotlib.patches import Patch
 from PIL import Image
 
-from focalbench.callbacks.predictions import prediction_dir
+from focalbench.callbacks.predictions import PredictionWriter, output_name
 from focalbench.callbacks.tensorboard import displayable, image_normalization, log_figure, tensorboard
 from focalbench.data.seg_transforms import IGNORE_INDEX
 from focalbench.tasks.metrics import segmentation_scores
@@ -107,30 +106,33 @@ class SegmentationClassIoU(Callback):
         log_figure(trainer, "val/class_iou", figure)
 
 
-class SegmentationMaskWriter(BasePredictionWriter):
+class SegmentationMaskWriter(PredictionWriter):
     """One palette-mode PNG per image at its original size: pixel value = predicted class index (0..K-1, e.g.
     0..149 for ADE20K; the official ADE20K submission format is that + 1), colours from the data's ``palette`` or the
-    VOC colour map. Files go under ``output_dir`` (default ``<log dir>/predictions``) with the input folder's layout.
+    VOC colour map. Files go under ``output_dir`` (default ``<log dir>/predictions``) with the input folder's layout,
+    named after the whole input name (``sub/flower.tif`` -> ``sub/flower.tif.png``: no two inputs share an output).
     """
 
     def __init__(self, output_dir: str | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.output_dir = output_dir
+        super().__init__(output_dir, write_interval="batch")
         self.written: list[Path] = []
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
+        self.written = []
 
     def write_on_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, prediction, batch_indices, batch, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
-        out = prediction_dir(trainer, self.output_dir)
+        out = self.directory(trainer)
         root = getattr(trainer.datamodule, "predict_root", None) if trainer.datamodule is not None else None
         palette = class_palette(trainer).flatten().tolist()
         for path, mask in zip(prediction["path"], prediction["mask"]):
-            path = Path(path)
-            relative = path.relative_to(root) if root and path.is_relative_to(root) else Path(path.name)
-            target = (out / relative).with_suffix(".png")
+            target = out / output_name(path, root)
             target.parent.mkdir(parents=True, exist_ok=True)
             image = Image.fromarray(mask.numpy().astype(np.uint8))
             image.putpalette(palette)
             image.save(target)
             self.written.append(target)
+            self.predicted.append(path)

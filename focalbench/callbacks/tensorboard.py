@@ -1,4 +1,5 @@
-"""Helpers shared by the picture callbacks: figures to TensorBoard, images back to displayable form."""
+"""TensorBoard: helpers shared by the picture callbacks (figures to TensorBoard, images back to displayable form)
+and the hyperparameters shown with the monitored metric."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are rendered for TensorBoard, never shown
 
+from collections.abc import Iterator, Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 
 from focalbench.models.contract import IMAGENET_NORMALIZATION, Normalization  # noqa: E402
 
@@ -53,3 +58,37 @@ def grid(count: int, size: float = 2.2) -> tuple[plt.Figure, list[plt.Axes]]:
     for axis in flat:
         axis.axis("off")
     return figure, flat[:count]
+
+
+class HyperparametersWithMetric(Callback):
+    """TensorBoard's HParams tab lists the run's hyperparameters with the task's monitored metric (``val_acc1``,
+    ``val_mIoU`` …, read from its own scalar curve), in place of Lightning's ``hp_metric`` placeholder: a chart stuck
+    at -1 at the top of the scalars."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning logs the hyperparameters after this hook; the loggers it builds itself have default_hp_metric on.
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger._default_hp_metric = False
+
+    @rank_zero_only
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        monitor = getattr(pl_module, "monitor", None)
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if monitor is None or logger is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        params = dict(_flat(logger.hparams or dict(pl_module.hparams)))
+        writer = logger.experiment._get_file_writer()
+        for summary in hparams(params, {monitor: 0.0}):  # the value is unused: the tab reads the metric's curve
+            writer.add_summary(summary)
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested hyperparameters as ``a/b`` keys with the scalar types TensorBoard takes (others as text)."""
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            yield from _flat(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", value if isinstance(value, (bool, int, float, str)) else str(value)

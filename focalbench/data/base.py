@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,13 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from focalbench.data.images import read_rgb
+from focalbench.data.images import ImageDecodeError, open_image, read_rgb
 from focalbench.models.contract import IMAGENET_NORMALIZATION, Normalization
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -56,6 +60,11 @@ class BaseDataModule(LightningDataModule):
         self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None  # the data's own test split, when it has one
+        self.skipped_predict: list[str] = []  # unreadable predict inputs left out (skip_corrupt)
+        self.split_names: dict[str, str] = {}  # "val"/"test" -> the data's split name (none: a hold-out)
+
+    skip_corrupt = False  # data modules offering ``data.skip_corrupt`` set it from their argument
 
     demo_subdir = ""  # where this task's part of the embedded demo data lives
 
@@ -125,32 +134,67 @@ class BaseDataModule(LightningDataModule):
         """The batch collation; the default stacks tensors (detection overrides it)."""
         return None
 
+    def eval_collate_fn(self) -> Callable | None:
+        """The batch collation of validation, test and predict (segmentation keeps original sizes in lists)."""
+        return self.collate_fn()
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True, collate_fn=self.collate_fn())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False, collate_fn=self.collate_fn())
+        return self._loader(self.val_set, train=False, collate_fn=self.eval_collate_fn())
 
     def test_dataloader(self) -> DataLoader:
+        """The data's test split when it has one, else the validation split; one line says which is scored."""
+        if self.test_set is not None:
+            name = self.split_names.get("test", "test")
+            rank_zero_info(f"test: scoring the '{name}' split ({_count(self.test_set)})")
+            return self._loader(self.test_set, train=False, collate_fn=self.eval_collate_fn())
+        name = self.split_names.get("val")
+        which = f"'{name}'" if name else "(held out from the training data)"
+        rank_zero_info(
+            f"test: the data has no test split: scoring the validation split {which} ({_count(self.val_set)})"
+        )
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_set(self, dataset_class: type[ImageFolderForPredict] | None = None, **kwargs) -> ImageFolderForPredict:
+        """The images under ``predict_root`` (``dataset_class``, default :class:`ImageFolderForPredict`), without the
+        unreadable ones when ``skip_corrupt`` is set (kept in ``skipped_predict`` for ``skipped.txt``)."""
         if self.predict_root is None:
             raise ValueError("predict needs data.predict_root: a folder of images")
-        return self._loader(ImageFolderForPredict(self.predict_root, self.eval_transform()), train=False)
+        dataset = (dataset_class or ImageFolderForPredict)(
+            self.predict_root, self.eval_transform(), skip_corrupt=self.skip_corrupt, **kwargs
+        )
+        self.skipped_predict = [str(path) for path in dataset.skipped]
+        return dataset
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set(), train=False, collate_fn=self.eval_collate_fn())
 
     def eval_transform(self) -> Callable:
         raise NotImplementedError
 
 
 class ImageFolderForPredict(Dataset):
-    """Every image under a folder (recursively, sorted), as ``{"image", "path", "size"}`` for ``predict``."""
+    """Every image under a folder (recursively, sorted), as ``{"image", "path", "size"}`` for ``predict``.
 
-    def __init__(self, root: str | os.PathLike, transform: Callable) -> None:
+    With ``skip_corrupt`` every file is decoded once up front and the unreadable ones are left out (``skipped``),
+    each named in a warning; without it the first unreadable file stops the run with an :class:`ImageDecodeError`
+    naming it.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable, skip_corrupt: bool = False) -> None:
         self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise ValueError(f"data.predict_root '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.transform = transform
+        self.skipped: list[Path] = []
+        if skip_corrupt:
+            self.skipped = [path for path in self.paths if not _readable(path)]
+            self.paths = [path for path in self.paths if path not in set(self.skipped)]
+            if not self.paths:
+                raise ImageDecodeError(f"none of the {len(self.skipped)} images under data.predict_root '{root}' "
+                                       "can be read")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -162,3 +206,21 @@ class ImageFolderForPredict(Dataset):
             "path": str(self.paths[index]),
             "size": torch.tensor(image.shape[:2]),
         }
+
+
+def _count(dataset: Dataset | None) -> str:
+    return f"{len(dataset)} samples" if hasattr(dataset, "__len__") else "streamed"
+
+
+def _readable(path: Path) -> bool:
+    try:
+        open_image(path)
+    except ImageDecodeError as err:
+        _warn_skipped(err)
+        return False
+    return True
+
+
+@rank_zero_only
+def _warn_skipped(err: ImageDecodeError) -> None:
+    log.warning("skipping unreadable image (data.skip_corrupt): %s", err)

@@ -10,7 +10,14 @@ import datasets
 
 from focalbench.data.base import BaseDataModule
 from focalbench.data.images import ImageDecodeError, open_image, read_rgb
-from focalbench.data.sources import DataSourceError, load_source, pick_split, require_columns, train_val_splits
+from focalbench.data.sources import (
+    DataSourceError,
+    load_source,
+    pick_split,
+    pick_test_split,
+    require_columns,
+    train_val_splits,
+)
 from focalbench.data.transforms import classification_eval_transform, classification_train_transform
 
 log = logging.getLogger(__name__)
@@ -30,7 +37,8 @@ class ClassificationDataModule(BaseDataModule):
         min_crop_scale, auto_augment, random_erasing, crop_pct: the paper's recipe (random-resized crops of 8-100 %
             of the image, timm RandAugment, erasing 0.25, evaluation crop 0.875).
         augment: False trains on the evaluation transform (no randomness: linear probes, exact-resume checks).
-        skip_corrupt: drop unreadable images at setup (counted and reported) instead of failing on the first one.
+        skip_corrupt: drop unreadable images at setup (counted and reported) instead of failing on the first one;
+            ``predict`` likewise leaves them out, named in the log and in ``skipped.txt`` beside the outputs.
         streaming: read the data lazily (``datasets`` streaming: data larger than the disk); needs train and
             validation splits and class names from the data's features or ``class_names``; each DDP rank reads its
             own shard (``split_dataset_by_node``). Labels and images are then checked as they are read.
@@ -107,11 +115,14 @@ class ClassificationDataModule(BaseDataModule):
         return len(self.class_names)
 
     @cached_property
+    def _encoded(self) -> datasets.DatasetDict:
+        return datasets.DatasetDict({name: self._encode_labels(ds, name) for name, ds in self._source.items()})
+
+    @cached_property
     def _splits(self) -> tuple[datasets.Dataset, datasets.Dataset]:
         if self.streaming:
             return self._stream_splits()
-        encoded = datasets.DatasetDict({name: self._encode_labels(ds, name) for name, ds in self._source.items()})
-        return train_val_splits(encoded, self.train_split, self.val_split, self.val_fraction, self.seed, "label")
+        return train_val_splits(self._encoded, self.train_split, self.val_split, self.val_fraction, self.seed, "label")
 
     def _label_index(self, value, where: str) -> int:
         """A label (class name or id) as an index in [0, num_classes); the error names where it was found."""
@@ -180,6 +191,11 @@ class ClassificationDataModule(BaseDataModule):
         train, val = self._splits
         self.train_set = self._prepare(train, "train", self.train_transform())
         self.val_set = self._prepare(val, "validation", self.eval_transform())
+        val_name = pick_split(self._source, self.val_split, "val")
+        test_name = None if self.streaming else pick_test_split(self._source, val_name)
+        self.split_names = {role: name for role, name in (("val", val_name), ("test", test_name)) if name}
+        if test_name is not None:
+            self.test_set = self._prepare(self._encoded[test_name], test_name, self.eval_transform())
 
     # ------------------------------------------------------------- transforms
     def train_transform(self) -> Callable:

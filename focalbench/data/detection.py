@@ -30,7 +30,15 @@ from focalbench.data.coco import (
     read_coco_json,
 )
 from focalbench.data.images import read_rgb
-from focalbench.data.sources import DataSourceError, _is_saved_dataset, load_source, require_columns, train_val_splits
+from focalbench.data.sources import (
+    DataSourceError,
+    _is_saved_dataset,
+    load_source,
+    pick_split,
+    pick_test_split,
+    require_columns,
+    train_val_splits,
+)
 from focalbench.data.transforms import SeededTransform
 from focalbench.models.contract import Normalization
 
@@ -123,9 +131,11 @@ class PredictImages(ImageFolderForPredict):
     """A folder of images for ``predict``, each with the COCO ``image_id`` its file name has in the annotations
     (so results load against them), or a running number."""
 
-    def __init__(self, root: str, transform: Callable, image_ids: dict[str, int]) -> None:
-        super().__init__(root, transform)
-        self.image_ids = image_ids
+    def __init__(
+        self, root: str, transform: Callable, skip_corrupt: bool = False, image_ids: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(root, transform, skip_corrupt)
+        self.image_ids = image_ids or {}
         self.root = Path(root)
 
     def __getitem__(self, index: int) -> dict:
@@ -160,6 +170,8 @@ class DetectionDataModule(BaseDataModule):
         with_masks: decode instance masks (polygons, RLE; a box-filled mask where an annotation has none).
         hflip: horizontal flip probability (the paper's recipes: 0.5).
         drop_empty_boxes: drop boxes of zero width or height with a warning instead of stopping.
+        skip_corrupt: ``predict`` leaves unreadable images out (named in the log and in ``skipped.txt``) instead of
+            stopping at the first; training and evaluation data are not filtered (a bad file stops the run).
     """
 
     demo_subdir = "detection"
@@ -191,9 +203,14 @@ class DetectionDataModule(BaseDataModule):
         crop_scale: tuple[float, float] | None = None,
         min_box_area: float = 1.0,
         drop_empty_boxes: bool = False,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
-        self.names = {"train": (train_annotations, train_images), "val": (val_annotations, val_images)}
+        self.names = {
+            "train": (train_annotations, train_images),
+            "val": (val_annotations, val_images),
+            "test": (None, None),  # annotations/instances_test*.json, scored by ``test`` when present
+        }
         self.image_column = image_column
         self.objects_column = objects_column
         self.bbox_key = bbox_key
@@ -208,6 +225,7 @@ class DetectionDataModule(BaseDataModule):
         self.crop_scale = crop_scale
         self.min_box_area = min_box_area
         self.drop_empty_boxes = drop_empty_boxes
+        self.skip_corrupt = skip_corrupt
 
     # ------------------------------------------------------------------ the data
     @cached_property
@@ -278,7 +296,7 @@ class DetectionDataModule(BaseDataModule):
                 shuffled = records["train"][:]
                 random.Random(self.seed).shuffle(shuffled)
                 count = max(1, round(len(shuffled) * self.val_fraction))
-                records = {"train": shuffled[count:], "val": shuffled[:count]}
+                records.update(train=shuffled[count:], val=shuffled[:count])
         else:
             records = {split: self._objects_records(ds) for split, ds in self._hf_splits.items()}
         for split, recs in records.items():
@@ -288,7 +306,8 @@ class DetectionDataModule(BaseDataModule):
     @cached_property
     def _hf_splits(self) -> dict[str, datasets.Dataset]:
         train, val = train_val_splits(self._hf_source, self.train_split, self.val_split, self.val_fraction, self.seed)
-        return {"train": train, "val": val}
+        test_name = pick_test_split(self._hf_source, pick_split(self._hf_source, self.val_split, "val"))
+        return {"train": train, "val": val, **({"test": self._hf_source[test_name]} if test_name else {})}
 
     def _objects_records(self, ds: datasets.Dataset) -> list[ImageRecord]:
         return objects_records(
@@ -320,8 +339,19 @@ class DetectionDataModule(BaseDataModule):
             return
         if self.val_set is None:
             self.val_set = self._dataset("val", train=False)
+            self.split_names = self._split_names()
+        if self.test_set is None and stage in (None, "test") and "test" in self._records:
+            self.test_set = self._dataset("test", train=False)
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self._dataset("train", train=True)
+
+    def _split_names(self) -> dict[str, str]:
+        """The data's names of the validation and test splits (a COCO json's suffix: ``val2017``)."""
+        if self._coco_files is not None:
+            return {role: path.stem.removeprefix("instances_") for role, (path, _) in self._coco_files.items()}
+        val_name = pick_split(self._hf_source, self.val_split, "val")
+        test_name = pick_test_split(self._hf_source, val_name)
+        return {role: name for role, name in (("val", val_name), ("test", test_name)) if name}
 
     @property
     def image_ids(self) -> dict[str, int]:
@@ -340,10 +370,7 @@ class DetectionDataModule(BaseDataModule):
         return collate_lists
 
     def predict_dataloader(self) -> DataLoader:
-        if self.predict_root is None:
-            raise ValueError("predict needs data.predict_root: a folder of images")
-        dataset = PredictImages(self.predict_root, self.eval_transform(), self.image_ids)
-        return self._loader(dataset, train=False, collate_fn=collate_lists)
+        return self._loader(self.predict_set(PredictImages, image_ids=self.image_ids), False, collate_lists)
 
     def train_transform(self) -> SeededTransform:
         """Optional random-resized crop to ``image_size``, horizontal flip; boxes, masks and ids follow."""

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from focalbench.data.base import IMAGE_SUFFIXES, BaseDataModule, ImageFolderForPredict
+from focalbench.data.base import IMAGE_SUFFIXES, BaseDataModule
 from focalbench.data.images import describe_source, open_image, read_rgb
 from focalbench.data.seg_transforms import (
     IGNORE_INDEX,
@@ -25,6 +25,8 @@ from focalbench.data.sources import (
     DataSourceError,
     _is_saved_dataset,
     load_source,
+    pick_split,
+    pick_test_split,
     require_columns,
     train_val_splits,
 )
@@ -188,6 +190,8 @@ class SegmentationDataModule(BaseDataModule):
         scale / ratio_range / cat_max_ratio / hflip / photometric: mmseg's training pipeline (rescale into the
             (long, short) box ``scale`` times U(ratio_range), crop ``image_size`` avoiding crops one class covers
             ``cat_max_ratio`` of, flip, photometric distortion, pad with 255 in the mask).
+        skip_corrupt: ``predict`` leaves unreadable images out (named in the log and in ``skipped.txt``) instead of
+            stopping at the first; training and evaluation data are not filtered (a bad file stops the run).
     """
 
     demo_subdir = "segmentation"
@@ -217,6 +221,7 @@ class SegmentationDataModule(BaseDataModule):
         cat_max_ratio: float = 0.75,
         hflip: float = 0.5,
         photometric: bool = True,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
         self.image_column = image_column
@@ -235,6 +240,7 @@ class SegmentationDataModule(BaseDataModule):
         self.cat_max_ratio = cat_max_ratio
         self.hflip = hflip
         self.photometric = photometric
+        self.skip_corrupt = skip_corrupt
 
     # ------------------------------------------------------------------ classes
     def _classes_file(self) -> Path | None:
@@ -329,15 +335,15 @@ class SegmentationDataModule(BaseDataModule):
         train, val = self._splits
         self.train_set = SegmentationDataset(train, self.train_transform(), self.mask_format)
         self.val_set = SegmentationDataset(val, self.eval_transform(), self.mask_format)
+        val_name = pick_split(self._source, self.val_split, "val")
+        test_name = pick_test_split(self._source, val_name)
+        self.split_names = {role: name for role, name in (("val", val_name), ("test", test_name)) if name}
+        if test_name is not None:
+            self.test_set = SegmentationDataset(self._source[test_name], self.eval_transform(), self.mask_format)
 
     # ---------------------------------------------------------------- loaders
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False, collate_fn=collate_list)
-
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_root is None:
-            raise ValueError("predict needs data.predict_root: a folder of images")
-        return self._loader(ImageFolderForPredict(self.predict_root, self.eval_transform()), False, collate_list)
+    def eval_collate_fn(self) -> Callable:
+        return collate_list  # original-size images and masks travel as lists
 
     # ------------------------------------------------------------- transforms
     def train_transform(self) -> Callable:

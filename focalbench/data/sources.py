@@ -75,6 +75,11 @@ def pick_split(splits: datasets.DatasetDict, name: str | None, role: str) -> str
     return next((alias for alias in SPLIT_ALIASES[role] if alias in splits), None)
 
 
+def pick_test_split(splits: datasets.DatasetDict, val_name: str | None) -> str | None:
+    """The data's own test split: the first of ``test`` / ``testing`` that is not already the validation split."""
+    return next((name for name in ("test", "testing") if name in splits and name != val_name), None)
+
+
 def require_columns(ds: datasets.Dataset, columns: dict[str, str], where: str) -> None:
     """Fail with the list of present columns when a configured column is missing."""
     if ds.column_names is None:  # a stream whose schema is not known before reading

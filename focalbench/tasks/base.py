@@ -8,12 +8,16 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import Metric, MetricCollection
 
+from focalbench.callbacks.learning_rate import BaseLearningRate
+from focalbench.callbacks.summary import RunSummary
+from focalbench.callbacks.tensorboard import HyperparametersWithMetric
 from focalbench.models.contract import Normalization, freeze_stages, input_normalization
 from focalbench.models.factory import build_backbone
 from focalbench.tasks.optim import Schedule, lr_lambda, param_groups
@@ -130,6 +134,7 @@ class BaseTask(LightningModule):
 
     # ------------------------------------------------------------------ shared by the tasks
     monitor: str  # the metric the best checkpoint is chosen by (maximised); each task names its own
+    pretrained_includes_heads = False  # whether ``pretrained`` weights carry the heads too (a classifier's do)
 
     def build_dense_backbone(self) -> nn.Module:
         """The multi-scale backbone of the dense tasks (:func:`build_backbone`) from the hyperparameters."""
@@ -139,11 +144,21 @@ class BaseTask(LightningModule):
         )
 
     def checkpoint_callbacks(self, filename: str) -> list[Callback]:
-        """Best checkpoint by ``monitor`` (maximised) named by ``filename``, ``last.ckpt``, and the lr per step."""
+        """What every run gets unless ``trainer.callbacks`` configures its own of the type: the best checkpoint by
+        ``monitor`` (maximised) named by ``filename`` + ``last.ckpt``, the base lr as one curve (``lr``), the
+        hyperparameters with the monitored metric in TensorBoard, and the summary printed at the end of a run."""
         best = ModelCheckpoint(
             monitor=self.monitor, mode="max", save_last=True, filename=filename, auto_insert_metric_name=False
         )
-        return [best, LearningRateMonitor(logging_interval="step")]
+        return self.default_callbacks(best, BaseLearningRate(), HyperparametersWithMetric(), RunSummary())
+
+    def default_callbacks(self, *callbacks: Callback) -> list[Callback]:
+        """``callbacks`` less those of a type the user configured in ``trainer.callbacks``: for ``configure_callbacks``,
+        whose callbacks Lightning puts in place of configured ones of the same type, so the user's would be lost.
+        Lightning's own ``ModelCheckpoint()`` (added when none is configured) does not count as configured."""
+        trainer = self._trainer
+        configured = [cb for cb in (trainer.callbacks if trainer is not None else []) if not _lightning_default(cb)]
+        return [cb for cb in callbacks if not any(isinstance(user, type(cb)) for user in configured)]
 
     # ------------------------------------------------------------------ running
     def network(self) -> nn.Module:
@@ -214,6 +229,23 @@ class BaseTask(LightningModule):
             self.log(self.monitor, scores[self.monitor], prog_bar=True)
         metrics.reset()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._weights_restored = True  # by --ckpt_path or load_from_checkpoint: predict is not from random weights
+
+    def on_predict_start(self) -> None:
+        if self.trainer.ckpt_path is not None or getattr(self, "_weights_restored", False):
+            return
+        if not self.hparams.pretrained:
+            rank_zero_warn(
+                "predicting with random weights: no checkpoint and no pretrained weights were given, so the outputs "
+                "are noise; pass --ckpt_path PATH (a checkpoint of this task) or --model.pretrained PATH|HUB_ID"
+            )
+        elif not self.pretrained_includes_heads:
+            rank_zero_warn(
+                "predicting with untrained heads: --model.pretrained loads the backbone only; pass --ckpt_path PATH "
+                "(a checkpoint of this task)"
+            )
+
     def on_train_epoch_start(self) -> None:
         self._frozen_norms_to_eval()  # Lightning does not call train() on the module; evaluation restores modes
         # Streamed (iterable) data sets shuffle by seed + epoch; samplers get their epoch from Lightning itself.
@@ -243,3 +275,14 @@ class BaseTask(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
         }
+
+
+def _lightning_default(callback: Callback) -> bool:
+    """Whether ``callback`` is the ``ModelCheckpoint()`` Lightning adds when none is configured."""
+    return (
+        type(callback) is ModelCheckpoint
+        and callback.monitor is None
+        and callback.filename is None
+        and callback.dirpath is None
+        and callback.save_last is None
+    )

@@ -33,6 +33,7 @@ class ClassificationTask(BaseTask):
     """
 
     monitor = "val_acc1"
+    pretrained_includes_heads = True  # the classifier is loaded with the weights when its class count matches
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class ClassificationTask(BaseTask):
     def configure_callbacks(self) -> list[Callback]:
         return [
             *self.checkpoint_callbacks("epoch{epoch:03d}-acc1{val_acc1:.4f}"),
-            ClassificationCSVWriter(),
+            *self.default_callbacks(ClassificationCSVWriter()),
         ]
 
     # ------------------------------------------------------------------ steps

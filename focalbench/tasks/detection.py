@@ -162,13 +162,9 @@ class DetectionTask(BaseTask):
         return _outside(self.model, self._backbone)  # FPN, RPN, RoI heads
 
     def configure_callbacks(self) -> list[Callback]:
-        # A results writer configured in trainer.callbacks (e.g. with draw_images) is kept: Lightning would
-        # replace it with this default one.
-        trainer = self._trainer
-        configured = trainer is not None and any(isinstance(cb, CocoResultsWriter) for cb in trainer.callbacks)
         return [
             *self.checkpoint_callbacks("epoch{epoch:03d}-bbox_mAP{val_bbox_mAP:.4f}"),
-            *([] if configured else [CocoResultsWriter()]),
+            *self.default_callbacks(CocoResultsWriter()),  # a configured one (e.g. with draw_images) is kept
         ]
 
     # ------------------------------------------------------------------ steps

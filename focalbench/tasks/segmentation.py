@@ -127,7 +127,7 @@ class SegmentationTask(BaseTask):
     def configure_callbacks(self) -> list[Callback]:
         return [
             *self.checkpoint_callbacks("step{step:06d}-mIoU{val_mIoU:.4f}"),
-            SegmentationMaskWriter(),
+            *self.default_callbacks(SegmentationMaskWriter()),
         ]
 
     def setup(self, stage: str) -> None:

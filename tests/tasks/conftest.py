@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -76,3 +77,14 @@ def cli_validate():
     """``cli_validate(config, devices, log_dir, extra_args) -> {metric: value}``: ``cli.py validate`` in a
     subprocess (DDP needs a script to re-launch), metrics read back from a CSVLogger."""
     return _validate
+
+
+@pytest.fixture
+def write_coco():
+    """The COCO-folder writer of the data tests (``tests/data/test_detection.py``; tests are not a package):
+    ``write_coco(root, split, count, seed=.., suffix="2017")``."""
+    path = REPO / "tests" / "data" / "test_detection.py"
+    spec = importlib.util.spec_from_file_location("detection_data_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_coco
