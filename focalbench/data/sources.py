@@ -10,10 +10,12 @@ from pathlib import Path
 
 import datasets
 
+from focalbench.errors import FocalbenchError
+
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("validation", "val", "valid", "test")}
 
 
-class DataSourceError(ValueError):
+class DataSourceError(FocalbenchError, ValueError):
     """A data set that cannot be opened or lacks what the task needs; the message says what and where."""
 
 
@@ -47,13 +49,16 @@ def load_source(
             if streaming:
                 return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
             return loaded
-        if path.is_file() and path.suffix == ".csv":
-            return datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=streaming)
-        if path.is_dir():
-            return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
+        try:
+            if path.is_file() and path.suffix == ".csv":
+                return datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=streaming)
+            if path.is_dir():
+                return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
+        except (FileNotFoundError, ValueError) as err:  # EmptyDatasetError (no data files) is a FileNotFoundError
+            raise DataSourceError(f"data.root '{root}' cannot be read ({type(err).__name__}: {err})") from err
         raise DataSourceError(f"data.root '{root}': expected a folder, a .csv file or a saved dataset")
     if dataset is None:
-        raise DataSourceError("set data.root (a local folder) or data.dataset (a Hugging Face hub id)")
+        raise DataSourceError("no data: set data.root (a local folder) or data.dataset (a Hugging Face hub id).")
     try:
         return datasets.load_dataset(
             dataset, config_name, revision=revision, data_files=data_files, streaming=streaming
