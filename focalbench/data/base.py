@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from focalbench.data.images import read_rgb
+from focalbench.data.sources import num_examples
+
+# Lightning warns about any IterableDataset with a length; ours (SizedStream) gives it on purpose, and `datasets`
+# hands each loader worker its own shards, so the length holds with several workers.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -101,9 +107,12 @@ class BaseDataModule(LightningDataModule):
     ) -> DataLoader:
         """A streamed data set: each rank reads its own shard (``split_dataset_by_node``); training shuffles with a
         buffer, reseeded per epoch by the task (``set_epoch``)."""
+        examples = num_examples(dataset)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
         if train:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            if examples is not None:  # the steps an epoch are then known: lr schedule, progress bar, epochs
+                dataset = SizedStream(dataset, examples // world)
         return DataLoader(dataset, drop_last=train, **self._loader_options(collate_fn))
 
     shuffle_buffer = 1000  # streamed training data: examples held for shuffling
@@ -128,6 +137,30 @@ class BaseDataModule(LightningDataModule):
 
     def eval_transform(self) -> Callable:
         raise NotImplementedError
+
+
+class SizedStream(IterableDataset):
+    """A streamed data set with the length its metadata gives (per process), so that Lightning knows the batches
+    an epoch; iteration, ``set_epoch`` and every other attribute are the wrapped stream's. Training stops each
+    process after the same number of batches (``length // batch_size``), which keeps DDP ranks in step."""
+
+    def __init__(self, stream: IterableDataset, length: int) -> None:
+        self.stream = stream
+        self.length = length
+
+    def __iter__(self):
+        return iter(self.stream)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __getattr__(self, name: str):
+        if name == "stream":  # not yet set (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.stream, name)
 
 
 class ImageFolderForPredict(Dataset):
