@@ -14,7 +14,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from focalbench.data.images import read_rgb
-from focalbench.data.sources import num_examples
+from focalbench.data.sources import DataSourceError, num_examples
+from focalbench.errors import ConfigError
 
 # Lightning warns about any IterableDataset with a length; ours (SizedStream) gives it on purpose, and `datasets`
 # hands each loader worker its own shards, so the length holds with several workers.
@@ -132,7 +133,7 @@ class BaseDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_root is None:
-            raise ValueError("predict needs data.predict_root: a folder of images")
+            raise ConfigError("predict needs data.predict_root: a folder of images")
         return self._loader(ImageFolderForPredict(self.predict_root, self.eval_transform()), train=False)
 
     def eval_transform(self) -> Callable:
@@ -169,7 +170,7 @@ class ImageFolderForPredict(Dataset):
     def __init__(self, root: str | os.PathLike, transform: Callable) -> None:
         self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
-            raise ValueError(f"data.predict_root '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataSourceError(f"data.predict_root '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.transform = transform
 
     def __len__(self) -> int:
