@@ -6,13 +6,18 @@ stops with one line listing the available configs.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from focalbench.data.base import BaseDataModule
+from focalbench.errors import project_error, user_message
 from focalbench.tasks.base import BaseTask
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -53,11 +58,36 @@ class FocalbenchCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> LightningCLI:
-    """Run the CLI; ``args`` (a list) lets tests run it in-process."""
-    if args is None:  # rewritten in place: LightningCLI warns when given args beside a command line
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    else:
-        args = resolve_config_args(args)
+    """Run the CLI; ``args`` (a list) lets tests run it in-process, where errors propagate as exceptions.
+
+    From the command line (``args`` None), an error in what the user gave (a :class:`FocalbenchError`: data,
+    weights, images, config) prints ``error: <message>`` on one line and exits 2; ``FOCALBENCH_TRACEBACK=1`` shows
+    the traceback too.
+    """
+    if args is not None:
+        return _cli(resolve_config_args(args))
+    sys.argv[1:] = resolve_config_args(sys.argv[1:])  # rewritten in place: LightningCLI warns when given args
+    held = _HeldLogs()
+    try:
+        return _cli(None, trainer_defaults={"callbacks": [_ReleaseLogsAtSetup(held)]})
+    except Exception as err:
+        ours = project_error(err)
+        if ours is None:  # a bug: Lightning's lines and the whole traceback
+            raise
+        show_traceback = os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+        held.finish(show=show_traceback)
+        if show_traceback:
+            traceback.print_exc()
+        print(f"error: {user_message(ours)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        held.finish()
+
+
+TRACEBACK_ENV = "FOCALBENCH_TRACEBACK"
+
+
+def _cli(args: Sequence[str] | None, **kwargs) -> LightningCLI:
     return FocalbenchCLI(
         BaseTask,
         BaseDataModule,
@@ -66,4 +96,39 @@ def main(args: Sequence[str] | None = None) -> LightningCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,
+        **kwargs,
     )
+
+
+class _HeldLogs(logging.Handler):
+    """Lightning's start-up lines (seed, devices, precision, tips) held back until the data is open, so that a data
+    error is the only line a user reads; printed as they came once the data is set up (or at exit)."""
+
+    LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.saved = {name: logging.getLogger(name).handlers for name in self.LOGGERS}
+        for name in self.LOGGERS:
+            logging.getLogger(name).handlers = [self]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def finish(self, show: bool = True) -> None:
+        if self.saved is None:
+            return
+        for name, handlers in self.saved.items():
+            logging.getLogger(name).handlers = handlers
+        self.saved = None
+        for record in self.records if show else ():
+            logging.getLogger(record.name).handle(record)
+
+
+class _ReleaseLogsAtSetup(Callback):
+    def __init__(self, held: _HeldLogs) -> None:
+        self.held = held
+
+    def setup(self, trainer, pl_module, stage: str) -> None:  # runs after the data module's setup
+        self.held.finish()

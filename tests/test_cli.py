@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
+import torch
+from PIL import Image
 
 from focalbench.cli import CONFIG_DIR, available_configs, main, resolve_config_args
+from focalbench.data.images import ImageDecodeError
+from focalbench.errors import FocalbenchError, user_message
 
 
 def test_bare_config_name_resolves_to_configs_dir(tmp_path, monkeypatch):
@@ -44,3 +53,151 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path: focalbench.tasks." in printed and "seed_everything: 0" in printed
+
+
+# ------------------------------------------------------------------------------ errors a user reads
+OFFLINE_CONFIGS = {
+    "cls_imagenet1k.yaml": r"error: could not load the data set 'ILSVRC/imagenet-1k' .*set data.root to the local",
+    "seg_ade20k.yaml": r"error: could not load the hub data set 'zhoubolei/scene_parse_150'.*ADEChallengeData2016",
+    "det_coco.yaml": r"error: no data: .*--data.root .*annotations/instances_\{train,val\}2017\.json",
+}
+
+
+def command_line(monkeypatch, capfd, *args: str) -> tuple[int, list[str]]:
+    """``python cli.py ARGS`` in this process (the command-line path: ``main()`` reads ``sys.argv``): the exit code
+    and the non-empty lines written to stderr."""
+    monkeypatch.setattr(sys, "argv", ["cli.py", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return info.value.code, [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("config", list(OFFLINE_CONFIGS))
+def test_offline_paper_config_prints_one_error_line_and_exits_2(config, tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("FOCALBENCH_TRACEBACK", raising=False)
+    monkeypatch.chdir(tmp_path)  # runs/ of the Trainer, if one is made, lands here
+    code, lines = command_line(monkeypatch, capfd, "fit", "--config", config)
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    assert re.match(OFFLINE_CONFIGS[config], lines[0]), lines[0]
+
+
+def test_traceback_is_shown_with_the_opt_in(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("FOCALBENCH_TRACEBACK", "1")
+    monkeypatch.chdir(tmp_path)
+    code, lines = command_line(monkeypatch, capfd, "fit", "--config", "cls_imagenet1k.yaml")
+    assert code == 2
+    assert "Traceback (most recent call last):" in lines
+    assert any(line.startswith("focalbench.data.sources.DataSourceError: could not load") for line in lines)
+    assert lines[-1].startswith("error: could not load the data set 'ILSVRC/imagenet-1k'")
+
+
+def test_error_raised_in_a_model_constructor_is_one_line(tmp_path, monkeypatch, capfd):
+    """jsonargparse re-raises a constructor's error as a ValueError listing the Union's subtypes; the project error
+    it was raised from is what the user reads."""
+    monkeypatch.chdir(tmp_path)
+    code, lines = command_line(
+        monkeypatch, capfd, "fit", "--config", "demo_cls.yaml", "--model.pretrained", str(tmp_path / "nope.pth")
+    )
+    assert code == 2
+    assert lines == [f"error: pretrained weights file '{tmp_path / 'nope.pth'}' does not exist"]
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capfd):
+    """Only the project's own errors are shortened: anything else is a bug and shows where it happened."""
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("focalbench.cli.FocalbenchCLI", broken)
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "demo_cls.yaml"])
+    with pytest.raises(KeyError, match="a bug"):
+        main()
+
+
+def test_error_from_a_loader_worker_prints_the_original_message(tmp_path, monkeypatch, capfd):
+    images = tmp_path / "images"
+    for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (images / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), colour).save(images / name / f"{i:03d}.png")
+    (images / "red" / "000.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    code, lines = command_line(
+        monkeypatch, capfd,
+        "fit", "--config", "cls_custom.yaml", "--data.root", str(images), "--data.num_workers", "1",
+        "--data.val_fraction", "0.5", "--data.image_size", "32", "--data.batch_size", "2",
+        "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.precision", "32",
+        "--model.pretrained", "null",
+        "--model.backbone_kwargs.embed_dim", "8", "--model.backbone_kwargs.depths", "[1, 1, 1, 1]",
+    )  # fmt: skip
+    assert code == 2, lines
+    assert not any("Traceback" in line or "DataLoader worker" in line for line in lines), lines
+    assert re.fullmatch(rf"error: cannot read image {re.escape(str(images))}/red/000\.png: .*", lines[-1]), lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(OFFLINE_CONFIGS))
+def test_offline_paper_config_from_a_shell(config):
+    """The same as a user runs it, in a fresh interpreter: ``python cli.py fit --config CONFIG`` offline."""
+    environment = {k: v for k, v in os.environ.items() if k != "FOCALBENCH_TRACEBACK"}
+    environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "cli.py", "fit", "--config", config],
+        cwd=CONFIG_DIR.parent, env=environment, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert re.match(OFFLINE_CONFIGS[config], lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("where", ["nothing", "empty folder", "hub id offline"])
+def test_detection_without_data_says_what_to_download_and_the_layout(where, tmp_path):
+    from focalbench.data.detection import DetectionDataModule
+    from focalbench.data.sources import DataSourceError
+
+    (tmp_path / "coco").mkdir()
+    given = {
+        "nothing": {},
+        "empty folder": {"root": str(tmp_path / "coco")},
+        "hub id offline": {"dataset": "no-such-user/coco-like"},
+    }[where]
+    with pytest.raises(DataSourceError) as info:
+        _ = DetectionDataModule(**given).num_classes
+    message = str(info.value)
+    assert "\n" not in message
+    assert "cocodataset.org" in message and "annotations_trainval2017.zip" in message
+    assert "--data.root" in message and "annotations/instances_{train,val}2017.json" in message
+    assert "train2017/" in message and "val2017/" in message
+    if where == "empty folder":
+        assert str(tmp_path / "coco") in message
+    if where == "hub id offline":
+        assert "no-such-user/coco-like" in message
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        raise ImageDecodeError("cannot read image /data/x.png: truncated")
+
+
+def test_user_message_unwraps_a_worker_exception():
+    loader = torch.utils.data.DataLoader(_Unreadable(), num_workers=1)
+    with pytest.raises(ImageDecodeError) as info:
+        next(iter(loader))
+    assert "Original Traceback" in str(info.value)  # torch's re-wrapped form
+    assert user_message(info.value) == "cannot read image /data/x.png: truncated"
+    assert user_message(ImageDecodeError("a\n  b")) == "a b"
+
+
+def test_the_projects_errors_share_one_base():
+    from focalbench.data.sources import DataSourceError
+    from focalbench.errors import ConfigError
+    from focalbench.models.checkpoints import CheckpointError, WeightsNotFoundError
+
+    for error in (DataSourceError, CheckpointError, ImageDecodeError, ConfigError, WeightsNotFoundError):
+        assert issubclass(error, FocalbenchError)
+    # and keep the builtin they refine, for callers that catch those
+    assert issubclass(DataSourceError, ValueError) and issubclass(WeightsNotFoundError, FileNotFoundError)

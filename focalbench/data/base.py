@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +16,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from focalbench.data.images import ImageDecodeError, open_image, read_rgb
+from focalbench.data.sources import DataSourceError, num_examples
+from focalbench.errors import ConfigError
 from focalbench.models.contract import IMAGENET_NORMALIZATION, Normalization
 
 log = logging.getLogger(__name__)
+
+# Lightning warns about any IterableDataset with a length; ours (SizedStream) gives it on purpose, and `datasets`
+# hands each loader worker its own shards, so the length holds with several workers.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -123,9 +130,12 @@ class BaseDataModule(LightningDataModule):
     ) -> DataLoader:
         """A streamed data set: each rank reads its own shard (``split_dataset_by_node``); training shuffles with a
         buffer, reseeded per epoch by the task (``set_epoch``)."""
+        examples = num_examples(dataset)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
         if train:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            if examples is not None:  # the steps an epoch are then known: lr schedule, progress bar, epochs
+                dataset = SizedStream(dataset, examples // world)
         return DataLoader(dataset, drop_last=train, **self._loader_options(collate_fn))
 
     shuffle_buffer = 1000  # streamed training data: examples held for shuffling
@@ -161,7 +171,7 @@ class BaseDataModule(LightningDataModule):
         """The images under ``predict_root`` (``dataset_class``, default :class:`ImageFolderForPredict`), without the
         unreadable ones when ``skip_corrupt`` is set (kept in ``skipped_predict`` for ``skipped.txt``)."""
         if self.predict_root is None:
-            raise ValueError("predict needs data.predict_root: a folder of images")
+            raise ConfigError("predict needs data.predict_root: a folder of images")
         dataset = (dataset_class or ImageFolderForPredict)(
             self.predict_root, self.eval_transform(), skip_corrupt=self.skip_corrupt, **kwargs
         )
@@ -175,6 +185,30 @@ class BaseDataModule(LightningDataModule):
         raise NotImplementedError
 
 
+class SizedStream(IterableDataset):
+    """A streamed data set with the length its metadata gives (per process), so that Lightning knows the batches
+    an epoch; iteration, ``set_epoch`` and every other attribute are the wrapped stream's. Training stops each
+    process after the same number of batches (``length // batch_size``), which keeps DDP ranks in step."""
+
+    def __init__(self, stream: IterableDataset, length: int) -> None:
+        self.stream = stream
+        self.length = length
+
+    def __iter__(self):
+        return iter(self.stream)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __getattr__(self, name: str):
+        if name == "stream":  # not yet set (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
+
 class ImageFolderForPredict(Dataset):
     """Every image under a folder (recursively, sorted), as ``{"image", "path", "size"}`` for ``predict``.
 
@@ -186,7 +220,7 @@ class ImageFolderForPredict(Dataset):
     def __init__(self, root: str | os.PathLike, transform: Callable, skip_corrupt: bool = False) -> None:
         self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
-            raise ValueError(f"data.predict_root '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataSourceError(f"data.predict_root '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.transform = transform
         self.skipped: list[Path] = []
         if skip_corrupt:

@@ -42,6 +42,13 @@ from focalbench.data.sources import (
 from focalbench.data.transforms import SeededTransform
 from focalbench.models.contract import Normalization
 
+COCO_ADVICE = (
+    "For COCO 2017, download train2017.zip, val2017.zip and annotations_trainval2017.zip from "
+    "https://cocodataset.org/#download, unzip them into one folder and pass --data.root /path/to/coco, which then "
+    "holds annotations/instances_{train,val}2017.json + train2017/ + val2017/ (or set data.dataset to a hub data set "
+    "with an 'objects' column)."
+)
+
 
 def collate_lists(batch: list[dict]) -> dict[str, list]:
     """A batch as a dict of lists (images differ in size; torchvision's detectors take lists)."""
@@ -248,7 +255,10 @@ class DetectionDataModule(BaseDataModule):
 
     @cached_property
     def _hf_source(self) -> datasets.DatasetDict:
-        source = load_source(self.data_root, self.dataset)
+        try:
+            source = load_source(self.data_root, self.dataset)
+        except DataSourceError as err:
+            raise DataSourceError(f"{err} {COCO_ADVICE}") from err
         for name, ds in source.items():
             require_columns(ds, {"image_column": self.image_column, "objects_column": self.objects_column}, name)
         return source

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from focalbench.errors import FocalbenchError
 
-class ImageDecodeError(ValueError):
+
+class ImageDecodeError(FocalbenchError, ValueError):
     """An image (or mask) that cannot be read; the message names the file or row."""
 
     def __init__(self, message: str) -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import datasets
 
+from focalbench.errors import FocalbenchError
+
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("validation", "val", "valid", "test")}
 
 
-class DataSourceError(ValueError):
+class DataSourceError(FocalbenchError, ValueError):
     """A data set that cannot be opened or lacks what the task needs; the message says what and where."""
 
 
@@ -45,15 +47,22 @@ def load_source(
             loaded = datasets.load_from_disk(str(path))
             loaded = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
             if streaming:
-                return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
+                return datasets.IterableDatasetDict(
+                    {k: with_num_examples(v.to_iterable_dataset(), len(v)) for k, v in loaded.items()}
+                )
             return loaded
-        if path.is_file() and path.suffix == ".csv":
-            return datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=streaming)
-        if path.is_dir():
-            return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
+        try:
+            if path.is_file() and path.suffix == ".csv":
+                return datasets.load_dataset("csv", data_files={"train": str(path)}, streaming=streaming)
+            if path.is_dir() and streaming:
+                return _stream_image_folder(path)
+            if path.is_dir():
+                return datasets.load_dataset("imagefolder", data_dir=str(path))
+        except (FileNotFoundError, ValueError) as err:  # EmptyDatasetError (no data files) is a FileNotFoundError
+            raise DataSourceError(f"data.root '{root}' cannot be read ({type(err).__name__}: {err})") from err
         raise DataSourceError(f"data.root '{root}': expected a folder, a .csv file or a saved dataset")
     if dataset is None:
-        raise DataSourceError("set data.root (a local folder) or data.dataset (a Hugging Face hub id)")
+        raise DataSourceError("no data: set data.root (a local folder) or data.dataset (a Hugging Face hub id).")
     try:
         return datasets.load_dataset(
             dataset, config_name, revision=revision, data_files=data_files, streaming=streaming
@@ -64,6 +73,33 @@ def load_source(
             f"downloaded here, download it elsewhere and set data.root to the local copy (an image folder with "
             f"train/ and val/, a CSV file, or a folder written by Dataset.save_to_disk)."
         ) from err
+
+
+def _stream_image_folder(path: Path) -> datasets.IterableDatasetDict:
+    """An image folder read as a stream, each split's size set from its file list (one image a row) when no
+    metadata file lists the rows instead."""
+    builder = datasets.load_dataset_builder("imagefolder", data_dir=str(path))
+    streams = builder.as_streaming_dataset()
+    if not getattr(builder.config, "metadata_filenames", None):
+        for split, files in builder.config.data_files.items():
+            with_num_examples(streams[str(split)], len(files))
+    return streams
+
+
+def with_num_examples(stream: datasets.IterableDataset, count: int) -> datasets.IterableDataset:
+    """Record a stream's row count in its split metadata, where the hub's data sets carry theirs."""
+    name = str(stream.split)
+    stream.info.splits = datasets.SplitDict({name: datasets.SplitInfo(name=name, num_examples=count)})
+    return stream
+
+
+def num_examples(ds: datasets.Dataset | datasets.IterableDataset) -> int | None:
+    """Rows of a data set: its length, or for a stream its split's size from the metadata; None when unknown."""
+    if not isinstance(ds, datasets.IterableDataset):
+        return len(ds)
+    splits = ds.info.splits
+    info = splits.get(str(ds.split)) if splits is not None else None  # a saved data set's split is None: "None"
+    return info.num_examples if info is not None and info.num_examples else None
 
 
 def pick_split(splits: datasets.DatasetDict, name: str | None, role: str) -> str | None:

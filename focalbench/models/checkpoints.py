@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from focalbench.errors import FocalbenchError
+
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -34,8 +36,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _POINTWISE = re.compile(r"\.(modulation\.(f|h|proj)|mlp\.(fc1|fc2))\.weight$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FocalbenchError, ValueError):
     """A checkpoint that cannot be loaded into the requested model; the message says why and what to do."""
+
+
+class WeightsNotFoundError(FocalbenchError, FileNotFoundError):
+    """Pretrained weights that are not there (no such file, folder without weights, hub id out of reach)."""
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -51,10 +57,10 @@ def resolve_weights_file(source: str | os.PathLike) -> Path:
         for filename in HUB_FILENAMES:
             if (path / filename).is_file():
                 return path / filename
-        raise FileNotFoundError(f"pretrained weights folder '{source}' holds neither {' nor '.join(HUB_FILENAMES)}")
+        raise WeightsNotFoundError(f"pretrained weights folder '{source}' holds neither {' nor '.join(HUB_FILENAMES)}")
     source = str(source)
     if path.suffix in WEIGHT_SUFFIXES or not _HUB_ID.match(source):
-        raise FileNotFoundError(f"pretrained weights file '{source}' does not exist")
+        raise WeightsNotFoundError(f"pretrained weights file '{source}' does not exist")
     from huggingface_hub import hf_hub_download
 
     errors = []
@@ -63,7 +69,7 @@ def resolve_weights_file(source: str | os.PathLike) -> Path:
             return Path(hf_hub_download(source, filename))
         except Exception as err:  # offline, missing file, missing repo: all end in the same advice
             errors.append(f"{filename}: {type(err).__name__}")
-    raise FileNotFoundError(
+    raise WeightsNotFoundError(
         f"could not get pretrained weights for hub id '{source}' (looked for {', '.join(HUB_FILENAMES)}: "
         f"{'; '.join(errors)}). Without network access, download the file elsewhere and pass its local path "
         f"instead, e.g. --model.pretrained /path/to/model.safetensors (.pth/.pt/.bin also work)."
@@ -74,9 +80,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped from ``model`` / ``state_dict`` / ``module`` containers."""
     path = Path(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read '{path}' as safetensors (corrupt or truncated?): {err}") from err
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

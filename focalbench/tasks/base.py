@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -18,6 +19,7 @@ from torchmetrics import Metric, MetricCollection
 from focalbench.callbacks.learning_rate import BaseLearningRate
 from focalbench.callbacks.summary import RunSummary
 from focalbench.callbacks.tensorboard import HyperparametersWithMetric
+from focalbench.errors import ConfigError
 from focalbench.models.contract import Normalization, freeze_stages, input_normalization
 from focalbench.models.factory import build_backbone
 from focalbench.tasks.optim import Schedule, lr_lambda, param_groups
@@ -258,23 +260,45 @@ class BaseTask(LightningModule):
         optimizer = self.optimizer(groups)
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.pop("lr_scale", 1.0)
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
+        total, steps_per_epoch = self._optimizer_steps()
         hp = self.hparams
-        warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_epochs * steps_per_epoch)
+        epoch_counts = (hp.warmup_steps is None and hp.warmup_epochs) or (hp.schedule == "step" and hp.milestones)
+        if steps_per_epoch is None and epoch_counts:
+            raise ConfigError(
+                "model.warmup_epochs and model.milestones count epochs, whose length is unknown for this streamed "
+                "data (no size in its metadata): set model.warmup_steps, or train on data of known size"
+            )
+        warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_epochs * (steps_per_epoch or 0))
         schedule = lr_lambda(
             total,
             warmup,
             hp.schedule,
             min_lr_ratio=hp.min_lr_ratio,
             poly_power=hp.poly_power,
-            milestones=[m * steps_per_epoch for m in hp.milestones],
+            milestones=[m * steps_per_epoch for m in hp.milestones] if steps_per_epoch else [],
             gamma=hp.gamma,
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
         }
+
+    def _optimizer_steps(self) -> tuple[int, int | None]:
+        """Optimizer steps in the whole run and in one epoch (None when the data's size is unknown: a stream
+        without a size in its metadata); as Lightning steps, the last accumulated batches of an epoch count."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches  # loads the train loader: its length is known after this
+        batches = trainer.num_training_batches
+        if batches == math.inf:
+            if trainer.max_steps == -1:
+                raise ConfigError(
+                    "the training data's size is unknown (a stream without a size in its metadata), so the lr "
+                    "schedule has no length: set trainer.max_steps"
+                )
+            return trainer.max_steps, None
+        if total == math.inf:  # max_epochs -1: open-ended
+            raise ConfigError("trainer.max_epochs -1 leaves the lr schedule without a length: set trainer.max_steps")
+        return int(total), max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
 def _lightning_default(callback: Callback) -> bool:

@@ -16,6 +16,7 @@ import timm
 import torch
 import torchvision
 
+from focalbench.errors import FocalbenchError
 from focalbench.models import VARIANTS, CheckpointError, create_model, load_into, save_safetensors
 from focalbench.models.checkpoints import describe, matching_variants
 
@@ -211,6 +212,20 @@ def test_unreadable_and_unsafe_files(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match="holds no state dict of tensors"):
         load_into(create_model("focalnet_tiny_srf", **TINY), tmp_path / "empty.pth")
+
+
+@pytest.mark.parametrize("content", [b"\xff" * 64, b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"])
+def test_corrupt_safetensors_names_the_file(tmp_path, content):
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"cannot read '{re.escape(str(path))}' as safetensors"):
+        load_into(create_model("focalnet_tiny_srf", **TINY), path)
+
+
+def test_missing_weights_are_a_project_error(tmp_path):
+    """The CLI prints project errors on one line: a missing weights file is one (and still a FileNotFoundError)."""
+    with pytest.raises(FocalbenchError):
+        create_model("focalnet_tiny_srf", **TINY, pretrained=tmp_path / "nope.pth")
 
 
 def test_offline_hub_id_says_how_to_pass_a_local_path(tmp_path, monkeypatch):

@@ -133,16 +133,17 @@ def test_more_focal_levels_load_with_new_zero_gates(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs"),
+    ("name", "kwargs", "channels"),
     [
-        ("resnet18", {}),
-        ("convnext_atto", {}),
-        ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}),  # NHWC inside timm
+        ("resnet18", {}, [64, 128, 256, 512]),
+        ("convnext_atto", {}, [40, 80, 160, 320]),
+        ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}, [96, 192, 384, 768]),  # NHWC in timm
     ],
 )
-def test_timm_backbones_give_nchw_levels_as_advertised(name, kwargs):
+def test_timm_backbones_give_nchw_levels_as_advertised(name, kwargs, channels):
     backbone = build_backbone(name, **kwargs).eval()
     assert isinstance(backbone, TimmBackbone) and backbone.strides == [4, 8, 16, 32]
+    assert backbone.out_channels == channels  # the models' published stage widths
     with torch.no_grad():
         features = backbone(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == backbone.out_channels

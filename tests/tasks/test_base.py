@@ -1,0 +1,227 @@
+"""BaseTask: the learning-rate schedule per optimizer step (warm-up, cosine, poly, step milestones, min lr) and
+layer-wise lr decay, checked against hand-computed values on real (tiny) fits; streamed data trains at a real lr."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from focalbench.data.classification import ClassificationDataModule
+from focalbench.errors import ConfigError
+from focalbench.tasks.classification import ClassificationTask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
+BASE_LR = 0.1
+
+
+class LrPerStep(Callback):
+    """The lr of every parameter group at each optimizer step (the scheduler moves after each step)."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=BASE_LR, momentum=0.9)
+
+
+def task(backbone: str = "focalnet_tiny_srf", **kwargs) -> ClassificationTask:
+    backbone_kwargs = TINY if backbone.startswith("focalnet") else None
+    kwargs = {"optimizer": sgd, "label_smoothing": 0.0, "drop_path_rate": 0.0, **kwargs}
+    return ClassificationTask(backbone=backbone, backbone_kwargs=backbone_kwargs, num_classes=3, **kwargs)
+
+
+def samples(count: int, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    return [{"image": torch.rand(3, 32, 32, generator=generator), "label": i % 3} for i in range(count)]
+
+
+def fit(model, tmp_path: Path, train, *, epochs: int = 1, accumulate: int = 1, max_steps: int = -1, val=None):
+    """Train ``model`` with ``train`` (a loader or a data module); returns the per-step lrs and the trainer."""
+    record = LrPerStep()
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=epochs, max_steps=max_steps, accumulate_grad_batches=accumulate,
+        callbacks=[record], logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=tmp_path, limit_val_batches=1, deterministic=True,
+    )  # fmt: skip
+    if isinstance(train, DataLoader):
+        val = val or DataLoader(samples(2, seed=1), batch_size=2)
+        trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    else:
+        trainer.fit(model, datamodule=train)
+    return record.lrs, trainer
+
+
+def loader(batches: int) -> DataLoader:
+    return DataLoader(samples(2 * batches), batch_size=2)
+
+
+def first_group(lrs: list[list[float]]) -> list[float]:
+    assert all(len(set(step)) == 1 for step in lrs)  # no layer decay: every group at the same lr
+    return [step[0] for step in lrs]
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+def test_schedule_linear_warmup_steps_then_cosine(tmp_path):
+    lrs, _ = fit(task(schedule="cosine", warmup_steps=2), tmp_path, loader(4), epochs=2)
+    # 8 steps; warm-up from 1e-3: 1e-3 + (1 - 1e-3) * step / 2; then 0.5 * (1 + cos(pi * (step - 2) / 6))
+    expected = [0.001, 0.5005, 1.0, 0.9330127, 0.75, 0.5, 0.25, 0.0669873]
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in expected], rel=1e-6)
+
+
+def test_schedule_warmup_epochs_with_accumulation(tmp_path):
+    # 4 batches an epoch, 2 accumulated: 2 optimizer steps an epoch, 3 epochs = 6 steps; warm-up 1 epoch = 2 steps
+    lrs, _ = fit(task(schedule="cosine", warmup_epochs=1), tmp_path, loader(4), epochs=3, accumulate=2)
+    expected = [0.001, 0.5005, 1.0, 0.8535534, 0.5, 0.1464466]  # cos steps at (step - 2) / 4 of the way
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in expected], rel=1e-6)
+
+
+def test_schedule_poly_power_and_min_lr_ratio(tmp_path):
+    lrs, _ = fit(task(schedule="poly", poly_power=2.0, min_lr_ratio=0.1), tmp_path, loader(5), epochs=1)
+    # 0.1 + 0.9 * (1 - step / 5) ** 2 for steps 0..4
+    expected = [1.0, 0.676, 0.424, 0.244, 0.136]
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in expected], rel=1e-6)
+
+
+def test_schedule_cosine_ends_at_min_lr_ratio(tmp_path):
+    lrs, _ = fit(task(schedule="cosine", min_lr_ratio=0.2), tmp_path, loader(3), epochs=1)
+    # 0.2 + 0.8 * 0.5 * (1 + cos(pi * step / 3)) for steps 0..2
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in (1.0, 0.8, 0.4)], rel=1e-6)
+
+
+def test_schedule_step_milestones_in_epochs(tmp_path):
+    lrs, _ = fit(task(schedule="step", milestones=[1, 2], gamma=0.1), tmp_path, loader(2), epochs=3)
+    # 2 steps an epoch: x0.1 from step 2 (epoch 1) and again from step 4 (epoch 2)
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in (1, 1, 0.1, 0.1, 0.01, 0.01)], rel=1e-6)
+
+
+def test_schedule_step_milestones_with_an_uneven_accumulation(tmp_path):
+    # 5 batches an epoch, 2 accumulated: Lightning steps after batches 2, 4 and 5 = 3 steps an epoch, so the
+    # milestone at epoch 1 is step 3 (not 2)
+    lrs, _ = fit(task(schedule="step", milestones=[1], gamma=0.5), tmp_path, loader(5), epochs=2, accumulate=2)
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in (1, 1, 1, 0.5, 0.5, 0.5)], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- layer decay
+def lr_by_parameter(model: ClassificationTask, trainer: Trainer) -> dict[str, float]:
+    names = {id(p): name for name, p in model.model.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+
+
+def test_layer_decay_focalnet_groups(tmp_path):
+    model = task(layer_decay=0.5, schedule="constant")
+    _, trainer = fit(model, tmp_path, loader(1), max_steps=1)
+    lr = lr_by_parameter(model, trainer)
+    # depth from the top (timm's grouping): patch_embed 5, layers.0's block 4, layers.0.downsample with layers.1's
+    # block 3, layers.3's block and the final norm 1 (the final norm joins the last block), the head 0
+    assert lr["patch_embed.proj.weight"] == pytest.approx(BASE_LR * 0.5**5)
+    assert lr["layers.0.blocks.0.modulation.f.weight"] == pytest.approx(BASE_LR * 0.5**4)
+    assert lr["layers.0.downsample.proj.weight"] == lr["layers.1.blocks.0.mlp.fc1.weight"]
+    assert lr["layers.1.blocks.0.mlp.fc1.weight"] == pytest.approx(BASE_LR * 0.5**3)
+    assert lr["layers.3.blocks.0.mlp.fc2.bias"] == pytest.approx(BASE_LR * 0.5)
+    assert lr["norm.weight"] == pytest.approx(BASE_LR * 0.5)
+    assert lr["head.weight"] == pytest.approx(BASE_LR)
+
+
+def test_layer_decay_timm_groups(tmp_path):
+    model = task("resnet18", layer_decay=0.5, schedule="constant")
+    _, trainer = fit(model, tmp_path, loader(1), max_steps=1)
+    lr = lr_by_parameter(model, trainer)
+    # resnet18: stem (conv1, bn1) 9 from the top, then layer1.0 .. layer4.1 (8 .. 1), the classifier 0
+    assert lr["conv1.weight"] == pytest.approx(BASE_LR * 0.5**9)
+    assert lr["layer1.0.conv1.weight"] == pytest.approx(BASE_LR * 0.5**8)
+    assert lr["layer3.1.bn2.weight"] == pytest.approx(BASE_LR * 0.5**3)
+    assert lr["layer4.1.conv2.weight"] == pytest.approx(BASE_LR * 0.5)
+    assert lr["fc.weight"] == pytest.approx(BASE_LR)
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+def class_folders(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.integers(0, 60, (32, 32, 3)) + colour, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """train/ (4 images a class) and val/ (1 a class) class folders."""
+    class_folders(tmp_path / "images" / "train", 4, seed=0)
+    class_folders(tmp_path / "images" / "val", 1, seed=1)
+    return tmp_path / "images"
+
+
+def streamed(root: Path | str, **kwargs) -> ClassificationDataModule:
+    kwargs = {"batch_size": 3, "num_workers": 0, "image_size": 32, "augment": False, "streaming": True, **kwargs}
+    return ClassificationDataModule(root=str(root), **kwargs)
+
+
+def mean_loss(model: ClassificationTask, data: ClassificationDataModule) -> float:
+    """Mean cross-entropy over the training images, read in order (no randomness)."""
+    model.eval()
+    with torch.no_grad():
+        losses = [
+            torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"], reduction="sum")
+            for batch in DataLoader(data.train_set, batch_size=12)
+        ]
+    return float(sum(losses)) / 12
+
+
+def test_streamed_run_uses_the_scheduled_lr_and_learns(folder, tmp_path):
+    """12 streamed images (the size is known from the folder's files), batch 3: 4 steps an epoch, 3 epochs = 12
+    steps with 2 of warm-up; the lr after warm-up follows the cosine (it was 0: total steps came out as -1)."""
+    data = streamed(folder)
+    model = task(schedule="cosine", warmup_steps=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    data.setup("fit")
+    before = mean_loss(model, data)
+    lrs, trainer = fit(model, tmp_path, data, epochs=3)
+    assert trainer.estimated_stepping_batches == 12 and trainer.num_training_batches == 4
+    expected = [1e-3 + (1 - 1e-3) * s / 2 if s < 2 else 0.5 * (1 + math.cos(math.pi * (s - 2) / 10)) for s in range(12)]
+    assert first_group(lrs) == pytest.approx([1e-2 * f for f in expected], rel=1e-6)
+    assert min(first_group(lrs)[2:]) > 1e-4
+    assert mean_loss(model, data) < 0.5 * before  # the colours are learnt
+
+
+def test_streamed_saved_dataset_knows_its_size(folder, tmp_path):
+    datasets.load_dataset("imagefolder", data_dir=str(folder)).save_to_disk(str(tmp_path / "saved"))
+    data = streamed(tmp_path / "saved")
+    lrs, trainer = fit(task(schedule="step", milestones=[1], gamma=0.5), tmp_path, data, epochs=2)
+    assert trainer.num_training_batches == 4  # 12 rows, batch 3
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in (1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5)], rel=1e-6)
+
+
+def unsized_stream(folder: Path) -> ClassificationDataModule:
+    """A stream whose size is not known before reading it (as a hub data set without split sizes in its card)."""
+    data = streamed(folder)
+    data.__dict__["_source"] = datasets.load_dataset("imagefolder", data_dir=str(folder), streaming=True)
+    assert data._source["train"].info.splits is None
+    return data
+
+
+def test_streamed_data_of_unknown_size_needs_max_steps(folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"^the training data's size is unknown .*set trainer\.max_steps"):
+        fit(task(), tmp_path, unsized_stream(folder), epochs=2)
+    lrs, _ = fit(task(schedule="poly", warmup_steps=1), tmp_path, unsized_stream(folder), max_steps=4)
+    assert first_group(lrs) == pytest.approx([BASE_LR * f for f in (1e-3, 1.0, 2 / 3, 1 / 3)], rel=1e-6)
+    with pytest.raises(ConfigError, match=r"model\.warmup_epochs .*set model\.warmup_steps"):
+        fit(task(warmup_epochs=1), tmp_path, unsized_stream(folder), max_steps=4)
