@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import re
 
+# torch re-raises an exception from a DataLoader worker as the same type with the message
+# "Caught X in DataLoader worker process N.\nOriginal Traceback (most recent call last):\n...\nmodule.X: message".
+_WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+
 
 class FocalbenchError(Exception):
-    """An error in what the user gave (data, weights, images, config); its message says what and where."""
+    """An error in what the user gave (data, weights, images, config); its message says what and where.
+
+    Re-raised from a DataLoader worker (torch builds it again from the worker's formatted traceback), it keeps
+    the original message: the last line of that traceback, without the exception's type."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        if isinstance(message, str) and _WORKER_PREFIX.match(message):
+            last = message.strip().splitlines()[-1]
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            message = last[len(prefix) :] if last.startswith(prefix) else last.split(": ", 1)[-1]
+        super().__init__(message, *args)
 
 
 class ConfigError(FocalbenchError, ValueError):
     """A configuration value that cannot work; the message names the config key and what was expected."""
-
-
-# torch re-raises an exception from a DataLoader worker as the same type with the message
-# "Caught X in DataLoader worker process N.\nOriginal Traceback (most recent call last):\n...\nmodule.X: message".
-_WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
 
 
 def project_error(error: BaseException) -> FocalbenchError | None:
@@ -36,11 +45,5 @@ def project_error(error: BaseException) -> FocalbenchError | None:
 
 
 def user_message(error: BaseException) -> str:
-    """The message of ``error`` on one line; for an error re-raised from a DataLoader worker, the original
-    message (the last line of the worker's traceback, without the exception's type)."""
-    message = str(error)
-    if _WORKER_PREFIX.match(message):
-        last = message.strip().splitlines()[-1]
-        prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
-        message = last[len(prefix) :] if last.startswith(prefix) else last.split(": ", 1)[-1]
-    return " ".join(message.split())
+    """The message of ``error`` on one line (a worker's error already carries its original message)."""
+    return " ".join(str(error).split())

@@ -15,13 +15,6 @@ from focalbench.errors import FocalbenchError
 class ImageDecodeError(FocalbenchError, ValueError):
     """An image (or mask) that cannot be read; the message names the file or row."""
 
-    def __init__(self, message: str) -> None:
-        # Raised in a DataLoader worker, it reaches the main process as ImageDecodeError(<the worker's whole
-        # traceback>) (torch re-raises the type with the formatted text): keep our one-line message, its last line.
-        if message.startswith("Caught ") and "Original Traceback" in message:
-            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
-
 
 def describe_source(value: Any, row: int | None = None) -> str:
     """A human name for an image cell: its path when known, else its row."""
