@@ -151,15 +151,18 @@ def test_offline_paper_config_from_a_shell(config):
     assert re.match(OFFLINE_CONFIGS[config], lines[0]), lines[0]
 
 
-@pytest.mark.parametrize("where", ["nothing", "empty folder", "hub id offline"])
+@pytest.mark.parametrize("where", ["nothing", "empty folder", "image folder", "hub id offline"])
 def test_detection_without_data_says_what_to_download_and_the_layout(where, tmp_path):
     from focalbench.data.detection import DetectionDataModule
     from focalbench.data.sources import DataSourceError
 
     (tmp_path / "coco").mkdir()
+    (tmp_path / "train2017").mkdir()  # the image folder alone, without annotations/
+    Image.new("RGB", (8, 8)).save(tmp_path / "train2017" / "000.jpg")
     given = {
         "nothing": {},
         "empty folder": {"root": str(tmp_path / "coco")},
+        "image folder": {"root": str(tmp_path / "train2017")},
         "hub id offline": {"dataset": "no-such-user/coco-like"},
     }[where]
     with pytest.raises(DataSourceError) as info:
@@ -171,6 +174,8 @@ def test_detection_without_data_says_what_to_download_and_the_layout(where, tmp_
     assert "train2017/" in message and "val2017/" in message
     if where == "empty folder":
         assert str(tmp_path / "coco") in message
+    if where == "image folder":
+        assert "column 'objects' (data.objects_column) not found" in message
     if where == "hub id offline":
         assert "no-such-user/coco-like" in message
 

@@ -255,12 +255,12 @@ class DetectionDataModule(BaseDataModule):
 
     @cached_property
     def _hf_source(self) -> datasets.DatasetDict:
-        try:
+        try:  # neither a COCO folder nor readable data with an objects column: say what the COCO layout is
             source = load_source(self.data_root, self.dataset)
+            for name, ds in source.items():
+                require_columns(ds, {"image_column": self.image_column, "objects_column": self.objects_column}, name)
         except DataSourceError as err:
             raise DataSourceError(f"{err} {COCO_ADVICE}") from err
-        for name, ds in source.items():
-            require_columns(ds, {"image_column": self.image_column, "objects_column": self.objects_column}, name)
         return source
 
     @cached_property

@@ -336,3 +336,31 @@ def test_compile_runs_the_same_model_and_keeps_plain_state_dict_keys():
     assert task.network() is not task.model  # the compiled wrapper runs the steps
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     assert all("_orig_mod" not in k for k in task.state_dict())  # checkpoints load without torch.compile
+
+
+def seg_samples(count: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(count, 3, 32, 32, generator=generator)
+    masks = torch.randint(0, 3, (count, 32, 32), generator=generator)
+    return [{"image": image, "mask": mask} for image, mask in zip(images, masks)]
+
+
+def test_layer_decay_timm_dense_backbone_groups(tmp_path):
+    """A dense task's timm backbone: the stem 8 block-groups below resnet18's last block (layer1.0 .. layer4.1),
+    the heads at the full lr (the dense timm backbone's ``group_matcher`` is its timm model's)."""
+    model = SegmentationTask(
+        backbone="resnet18", num_classes=3, decode_channels=16, aux_channels=8, layer_decay=0.5,
+        schedule="constant", optimizer=sgd, drop_path_rate=0.0,
+    )  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu", max_steps=1, logger=CSVLogger(tmp_path), enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=DataLoader(seg_samples(2), batch_size=2))
+    lr = {id(p): g["lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    backbone = dict(model.backbone_module().named_parameters())
+    stem = next(p for name, p in backbone.items() if name.endswith("conv1.weight") and "layer" not in name)
+    last_block = next(p for name, p in backbone.items() if name.endswith("layer4.1.conv2.weight"))
+    assert lr[id(stem)] == pytest.approx(lr[id(last_block)] * 0.5**8)
+    heads = [lr[id(p)] for head in model.head_modules() for p in head.parameters()]
+    assert heads and all(v == pytest.approx(BASE_LR) for v in heads)
