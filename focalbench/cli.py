@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from focalbench.data.base import BaseDataModule
-from focalbench.errors import project_error, user_message
+from focalbench.errors import ConfigError, project_error, user_message
 from focalbench.tasks.base import BaseTask
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -44,8 +44,8 @@ def _resolve(name: str) -> str:
     for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return str(candidate)
-    raise SystemExit(
-        f"error: config '{name}' not found here or in {CONFIG_DIR}; available: {', '.join(available_configs())}"
+    raise ConfigError(
+        f"config '{name}' not found here or in {CONFIG_DIR}; available: {', '.join(available_configs())}"
     )
 
 
@@ -66,9 +66,9 @@ def main(args: Sequence[str] | None = None) -> LightningCLI:
     """
     if args is not None:
         return _cli(resolve_config_args(args))
-    sys.argv[1:] = resolve_config_args(sys.argv[1:])  # rewritten in place: LightningCLI warns when given args
     held = _HeldLogs()
     try:
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])  # rewritten in place: LightningCLI warns when given args
         return _cli(None, trainer_defaults={"callbacks": [_ReleaseLogsAtSetup(held)]})
     except Exception as err:
         ours = project_error(err)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from focalbench.cli import CONFIG_DIR, available_configs, main, resolve_config_args
 from focalbench.data.images import ImageDecodeError
-from focalbench.errors import FocalbenchError, user_message
+from focalbench.errors import ConfigError, FocalbenchError, user_message
 
 
 def test_bare_config_name_resolves_to_configs_dir(tmp_path, monkeypatch):
@@ -35,8 +35,27 @@ def test_config_file_in_working_directory_wins(tmp_path, monkeypatch):
 
 def test_unknown_config_lists_the_available_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"config 'nope.yaml' not found.*available: .*demo_cls.yaml"):
+    with pytest.raises(ConfigError, match=r"config 'nope.yaml' not found.*available: .*demo_cls.yaml"):
         resolve_config_args(["fit", "--config", "nope.yaml"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "nope.yaml"], r"error: config 'nope.yaml' not found"),
+        (["--config", "demo_cls.yaml", "--model.backbone", "focalnet_tiny_srff"],
+         r"error: Unknown FocalNet variant 'focalnet_tiny_srff'\. Did you mean 'focalnet_tiny_srf'"),
+        (["--config", "demo_cls.yaml", "--model.backbone_kwargs.focal_windows", "[3, 9]"],
+         r"error: focal_windows has 2 entries, expected one per stage \(4\)"),
+        (["--config", "demo_seg.yaml", "--model.frozen_stages", "9"],
+         r"error: model.frozen_stages=9: the backbone has"),
+    ],
+)  # fmt: skip
+def test_config_mistakes_are_one_line_with_exit_2(args, message, tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("FOCALBENCH_TRACEBACK", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, lines = command_line(monkeypatch, capfd, "fit", *args, "--data.num_workers", "0")
+    assert code == 2 and len(lines) == 1 and re.match(message, lines[0]), lines
 
 
 def test_help_works(capsys):

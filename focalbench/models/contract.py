@@ -19,6 +19,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import group_parameters
 from torch import nn
 
+from focalbench.errors import ConfigError
+
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 IMAGENET_NORMALIZATION: Normalization = (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
 
@@ -78,11 +80,12 @@ def freeze_stages(module: nn.Module, num_stages: int) -> list[str]:
     Stages are the coarse groups: ordinal 0 is the stem, 1..S the stages; the top (final norm, head) never freezes.
     """
     if not hasattr(module, "group_matcher"):
-        raise ValueError(f"model.frozen_stages needs a model with stages; {type(module).__name__} has no group_matcher")
+        name = type(module).__name__
+        raise ConfigError(f"model.frozen_stages needs a model with stages; {name} has no group_matcher")
     ids = layer_ids(module, coarse=True)
     stages = sorted(set(ids.values()))
     if num_stages >= len(stages) - 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.frozen_stages={num_stages}: the backbone has {len(stages) - 1} parameter groups after the stem; "
             "freeze fewer stages or use model.freeze_backbone"
         )

@@ -119,6 +119,18 @@ class TimmBackbone(nn.Module):
         return list(self.body(pad_to_multiple(x, self.size_divisibility)))
 
 
+def is_focalnet(name: str) -> bool:
+    """Whether ``name`` is one of our FocalNet variants (else a timm model); a name that is neither is a
+    :class:`~focalbench.errors.ConfigError` listing the FocalNet variants and the closest match."""
+    if name in VARIANTS:
+        return True
+    import timm
+
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        get_variant(name)  # raises with the known FocalNet names and the closest match
+    return False
+
+
 def build_backbone(
     name: str,
     *,
@@ -130,15 +142,7 @@ def build_backbone(
     from ``overrides``; every stage by default) or any timm model (:class:`TimmBackbone`; by default its last four
     levels at stride >= 4, e.g. 4/8/16/32). FocalNet architecture ``overrides`` are dropped, with a warning, for
     a timm model, so one config serves both."""
-    if name not in VARIANTS:
-        try:
-            import timm
-
-            known_to_timm = name in timm.list_models() or name.split(".")[0] in timm.list_models()
-        except ImportError:
-            known_to_timm = False
-        if not known_to_timm:
-            get_variant(name)  # raises with the known FocalNet names and the closest match
+    if not is_focalnet(name):
         overrides = drop_focalnet_kwargs(name, overrides)
         return TimmBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
     variant = get_variant(name)

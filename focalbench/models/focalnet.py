@@ -25,6 +25,7 @@ from timm.layers import LayerNorm2d as _LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from focalbench.errors import ConfigError
 from focalbench.models.contract import pad_to_multiple
 from focalbench.models.fused import block_fused, fused_path_available
 from focalbench.models.layout import channels_last_grad
@@ -204,7 +205,7 @@ class FocalNetStage(nn.Module):
 def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> list[int]:
     values = [value] * num_stages if isinstance(value, int) else list(value)
     if len(values) != num_stages:
-        raise ValueError(f"{name} has {len(values)} entries, expected one per stage ({num_stages})")
+        raise ConfigError(f"{name} has {len(values)} entries, expected one per stage ({num_stages})")
     return values
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from focalbench.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -86,7 +88,7 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     close = difflib.get_close_matches(name, VARIANTS, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ValueError(f"Unknown FocalNet variant '{name}'.{hint} Known variants: {', '.join(VARIANTS)}")
+    raise ConfigError(f"Unknown FocalNet variant '{name}'.{hint} Known variants: {', '.join(VARIANTS)}")
 
 
 def list_variants() -> list[str]:

@@ -12,8 +12,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from focalbench.callbacks.predictions import ClassificationCSVWriter
-from focalbench.models import VARIANTS, create_model
-from focalbench.models.factory import drop_focalnet_kwargs, timm_pretrained_kwargs
+from focalbench.models import create_model
+from focalbench.models.factory import drop_focalnet_kwargs, is_focalnet, timm_pretrained_kwargs
 from focalbench.tasks.base import BaseTask
 
 
@@ -52,7 +52,7 @@ class ClassificationTask(BaseTask):
     # ------------------------------------------------------------------ building
     def configure_models(self) -> None:
         hp = self.hparams
-        if hp.backbone in VARIANTS:
+        if is_focalnet(hp.backbone):
             self.model = create_model(
                 hp.backbone,
                 num_classes=hp.num_classes,

@@ -15,6 +15,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from focalbench.callbacks.detection import CocoResultsWriter
 from focalbench.data.coco import encode_mask
+from focalbench.errors import ConfigError
 from focalbench.tasks.base import BaseTask
 
 # Extra arguments for torchvision's MaskRCNN / FasterRCNN (``rpn_pre_nms_top_n_test``, ``box_detections_per_img`` …).
@@ -174,7 +175,7 @@ class DetectionTask(BaseTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.with_masks and any("masks" not in t for t in batch["target"]):
-            raise ValueError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
+            raise ConfigError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
         keys = ("boxes", "labels", "masks") if self.hparams.with_masks else ("boxes", "labels")
         targets = [{k: t[k] for k in keys} for t in batch["target"]]
         losses = self(batch["image"], targets)
@@ -188,7 +189,7 @@ class DetectionTask(BaseTask):
         detections = self(batch["image"])
         with_masks = self.hparams.with_masks
         if with_masks and any("masks" not in t for t in batch["target"]):
-            raise ValueError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
+            raise ConfigError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
         metric_input = metric_inputs(detections, batch["target"], with_masks, self.hparams.mask_threshold)
         self.stage_metrics(stage).update(*metric_input)
         return detections  # drawn by the DetectionImages callback

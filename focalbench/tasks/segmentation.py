@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from focalbench.callbacks.segmentation import SegmentationMaskWriter
 from focalbench.data.seg_transforms import IGNORE_INDEX, rescale_size
+from focalbench.errors import ConfigError
 from focalbench.models.heads import UPerNet
 from focalbench.tasks.base import BaseTask
 from focalbench.tasks.metrics import segmentation_scores
@@ -94,7 +95,7 @@ class SegmentationTask(BaseTask):
     def configure_losses(self) -> None:
         weights = self.hparams.class_weights
         if weights is not None and len(weights) != self.hparams.num_classes:
-            raise ValueError(f"model.class_weights has {len(weights)} entries for {self.hparams.num_classes} classes")
+            raise ConfigError(f"model.class_weights has {len(weights)} entries for {self.hparams.num_classes} classes")
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float) if weights else None)
 
     def make_metrics(self) -> MetricCollection:
