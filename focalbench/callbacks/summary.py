@@ -64,7 +64,9 @@ class RunSummary(Callback):
         skipped = skipped_files(trainer)
         if skipped:
             lines.append(f"  skipped           {len(skipped)} unreadable images, listed in skipped.txt beside them")
-        self._print(lines + self._logs(trainer))
+        if trainer.log_dir is not None:
+            lines.append(f"  run folder        {trainer.log_dir}")  # the resolved config.yaml is there
+        self._print(lines)
 
     # ------------------------------------------------------------------ helpers
     def _evaluation(self, trainer: Trainer, verb: str, prefix: str) -> None:

@@ -127,6 +127,16 @@ def test_a_configured_model_checkpoint_is_the_one_that_runs(tmp_path):
     assert cli.trainer.checkpoint_callback.monitor == "val_loss"
 
 
+def test_checkpointing_turned_off_writes_no_checkpoint(tmp_path):
+    data = class_folders(tmp_path / "data", {"train": 4, "val": 2})
+    cli = run(
+        "fit", "--config", "cls_custom.yaml", "--data.root", str(data), "--model.pretrained", "null",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.enable_checkpointing", "false", *TINY, *FAST,
+    )  # fmt: skip
+    assert cli.trainer.checkpoint_callback is None and not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
 def test_test_scores_the_data_test_split(tmp_path, caplog, capsys):
     data = class_folders(tmp_path / "data", {"train": 4, "val": 2, "test": 3})
     cli = run(
