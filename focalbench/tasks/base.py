@@ -162,10 +162,14 @@ class BaseTask(LightningModule):
                 stage.requires_grad_(False)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._weights_restored = True  # by --ckpt_path or load_from_checkpoint: predict is not from random weights
+        self._has_weights = True  # by --ckpt_path or load_from_checkpoint: predict is not from random weights
+
+    def on_train_start(self) -> None:
+        self._has_weights = True  # trained in this process (fit, then predict with the same module)
 
     def on_predict_start(self) -> None:
-        if self.trainer.ckpt_path is not None or getattr(self, "_weights_restored", False):
+        """Warns when nothing but random initialisation stands behind the predictions (a forgotten flag)."""
+        if self.trainer.ckpt_path is not None or getattr(self, "_has_weights", False):
             return
         if not self.hparams.pretrained:
             rank_zero_warn(

@@ -195,6 +195,8 @@ def test_predict_from_a_checkpoint_does_not_warn(tmp_path, tiny_args, recwarn):
     checkpoint = tmp_path / "weights.ckpt"
     fit.trainer.save_checkpoint(checkpoint)
     cls_predict(data, data / "val", tmp_path / "runs", "--ckpt_path", str(checkpoint), tiny_args=tiny_args)
+    fit.datamodule.predict_root = str(data / "val")
+    fit.trainer.predict(fit.model, datamodule=fit.datamodule)  # Python: the module just trained, no checkpoint
     assert not [w for w in recwarn if "random weights" in str(w.message)]
 
 
