@@ -51,12 +51,12 @@ class PredictionWriter(BasePredictionWriter):
         self.predicted = []
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write_skipped(trainer)
+        # on every rank: the default folder comes from trainer.log_dir, which is broadcast from rank 0
+        self._write_skipped(trainer, self.directory(trainer) / "skipped.txt")
 
     @rank_zero_only
-    def _write_skipped(self, trainer: Trainer) -> None:
+    def _write_skipped(self, trainer: Trainer, path: Path) -> None:
         skipped = skipped_files(trainer)
-        path = self.directory(trainer) / "skipped.txt"
         if skipped:
             path.write_text("".join(f"{name}\n" for name in skipped))
         elif path.is_file():  # a stale list from an earlier run into the same folder
