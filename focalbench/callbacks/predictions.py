@@ -11,8 +11,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 def prediction_dir(trainer: Trainer, output_dir: str | None) -> Path:
-    """``output_dir`` or ``<log dir>/predictions``, created."""
-    path = Path(output_dir) if output_dir else Path(trainer.log_dir or ".") / "predictions"
+    """``output_dir`` or ``<log dir>/predictions`` (``<default_root_dir>/predictions`` without a log dir, as under
+    ``fast_dev_run``), created."""
+    path = Path(output_dir) if output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

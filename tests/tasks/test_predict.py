@@ -197,6 +197,7 @@ def test_predict_from_a_checkpoint_does_not_warn(tmp_path, tiny_args, recwarn):
     cls_predict(data, data / "val", tmp_path / "runs", "--ckpt_path", str(checkpoint), tiny_args=tiny_args)
     fit.datamodule.predict_root = str(data / "val")
     fit.trainer.predict(fit.model, datamodule=fit.datamodule)  # Python: the module just trained, no checkpoint
+    assert (tmp_path / "fit" / "predictions" / "predictions.csv").is_file()  # no log dir (fast_dev_run): root dir
     assert not [w for w in recwarn if "random weights" in str(w.message)]
 
 
