@@ -49,8 +49,9 @@ class ClassificationImages(Callback):
         if sample is None:
             return
         images, labels = sample["image"].to(pl_module.device), sample["label"]
-        with torch.no_grad():
-            predicted = pl_module(images).argmax(-1)
+        precision = trainer.precision_plugin  # as the validation step ran: input dtype and autocast
+        with torch.no_grad(), precision.val_step_context():
+            predicted = pl_module(precision.convert_input(images)).argmax(-1)
         names = pl_module.class_names
         self.shown_labels = labels.tolist()
         figure, axes = grid(len(images))

@@ -11,8 +11,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 def prediction_dir(trainer: Trainer, output_dir: str | None) -> Path:
-    """``output_dir`` or ``<log dir>/predictions``, created."""
-    path = Path(output_dir) if output_dir else Path(trainer.log_dir or ".") / "predictions"
+    """``output_dir`` or ``<log dir>/predictions`` (``<default_root_dir>/predictions`` without a log dir, as under
+    ``fast_dev_run``), created."""
+    path = Path(output_dir) if output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -51,12 +52,12 @@ class PredictionWriter(BasePredictionWriter):
         self.predicted = []
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write_skipped(trainer)
+        # on every rank: the default folder comes from trainer.log_dir, which is broadcast from rank 0
+        self._write_skipped(trainer, self.directory(trainer) / "skipped.txt")
 
     @rank_zero_only
-    def _write_skipped(self, trainer: Trainer) -> None:
+    def _write_skipped(self, trainer: Trainer, path: Path) -> None:
         skipped = skipped_files(trainer)
-        path = self.directory(trainer) / "skipped.txt"
         if skipped:
             path.write_text("".join(f"{name}\n" for name in skipped))
         elif path.is_file():  # a stale list from an earlier run into the same folder

@@ -16,13 +16,13 @@ class RunSummary(Callback):
     """Prints (rank 0) at the end of ``fit``: the best checkpoint and its metric, the last checkpoint, where the
     TensorBoard logs are and the command to open them, and the ``predict`` command for the best checkpoint; at the
     end of ``validate`` / ``test``: the split's metrics and the logs; at the end of ``predict``: where the outputs
-    were written and for how many images (and the skipped ones)."""
+    were written and for how many images (and the skipped ones). The hooks run on every rank: ``trainer.log_dir``
+    is broadcast from rank 0, so it is read once, everywhere, before rank 0 prints."""
 
     def __init__(self, max_metrics: int = 12) -> None:
         self.max_metrics = max_metrics
         self.text = ""
 
-    @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
@@ -37,24 +37,22 @@ class RunSummary(Callback):
             best = None
         if checkpoint is not None and checkpoint.last_model_path and checkpoint.last_model_path != best:
             lines.append(f"  last checkpoint   {checkpoint.last_model_path}")
-        lines += self._logs(trainer)
+        log_dir = trainer.log_dir
+        lines += self._logs(trainer, log_dir)
         if best:
             lines.append(
-                f"  predict a folder  python cli.py predict --config {self._config(trainer)} --ckpt_path {best} "
+                f"  predict a folder  python cli.py predict --config {self._config(log_dir)} --ckpt_path {best} "
                 "--data.predict_root DIR"
             )
         self._print(lines)
 
-    @rank_zero_only
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
             self._evaluation(trainer, "validate", "val_")
 
-    @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._evaluation(trainer, "test", "test_")
 
-    @rank_zero_only
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         lines = ["predict finished"]
         for writer in trainer.callbacks:
@@ -64,7 +62,10 @@ class RunSummary(Callback):
         skipped = skipped_files(trainer)
         if skipped:
             lines.append(f"  skipped           {len(skipped)} unreadable images, listed in skipped.txt beside them")
-        self._print(lines + self._logs(trainer))
+        log_dir = trainer.log_dir
+        if log_dir is not None:
+            lines.append(f"  run folder        {log_dir}")  # the resolved config.yaml is there
+        self._print(lines)
 
     # ------------------------------------------------------------------ helpers
     def _evaluation(self, trainer: Trainer, verb: str, prefix: str) -> None:
@@ -75,25 +76,23 @@ class RunSummary(Callback):
         lines += [f"  {name:<17} {metrics[name]:.4f}" for name in names[: self.max_metrics]]
         if len(names) > self.max_metrics:
             lines.append(f"  (and {len(names) - self.max_metrics} more, per class among them, in the logs)")
-        self._print(lines + self._logs(trainer))
+        self._print(lines + self._logs(trainer, trainer.log_dir))
 
     @staticmethod
-    def _logs(trainer: Trainer) -> list[str]:
-        if trainer.log_dir is None:
+    def _logs(trainer: Trainer, log_dir: str | None) -> list[str]:
+        if log_dir is None:
             return []
         if tensorboard(trainer) is None:
-            return [f"  logs              {trainer.log_dir}"]
-        return [
-            f"  TensorBoard logs  {trainer.log_dir}",
-            f"  open them         tensorboard --logdir {Path(trainer.log_dir).parent}",
-        ]
+            return [f"  logs              {log_dir}"]
+        return [f"  TensorBoard logs  {log_dir}", f"  open them         tensorboard --logdir {Path(log_dir).parent}"]
 
     @staticmethod
-    def _config(trainer: Trainer) -> str:
+    def _config(log_dir: str | None) -> str:
         """The config LightningCLI saved beside the logs (the whole resolved run), else a placeholder."""
-        saved = Path(trainer.log_dir or ".") / "config.yaml"
+        saved = Path(log_dir or ".") / "config.yaml"
         return str(saved) if saved.is_file() else "CONFIG.yaml"
 
     def _print(self, lines: list[str]) -> None:
         self.text = "\n".join(lines)
-        print(self.text, flush=True)
+        if rank_zero_only.rank == 0:
+            print(self.text, flush=True)

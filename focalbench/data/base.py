@@ -224,11 +224,12 @@ class ImageFolderForPredict(Dataset):
         self.transform = transform
         self.skipped: list[Path] = []
         if skip_corrupt:
-            self.skipped = [path for path in self.paths if not _readable(path)]
-            self.paths = [path for path in self.paths if path not in set(self.skipped)]
+            readable = {path: _readable(path) for path in self.paths}
+            self.skipped = [path for path, ok in readable.items() if not ok]
+            self.paths = [path for path, ok in readable.items() if ok]
             if not self.paths:
-                raise ImageDecodeError(f"none of the {len(self.skipped)} images under data.predict_root '{root}' "
-                                       "can be read")
+                count = len(self.skipped)
+                raise ImageDecodeError(f"none of the {count} images under data.predict_root '{root}' is readable")
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -12,9 +12,9 @@ from focalbench.data.base import BaseDataModule
 from focalbench.data.images import ImageDecodeError, open_image, read_rgb
 from focalbench.data.sources import (
     DataSourceError,
+    eval_split_names,
     load_source,
     pick_split,
-    pick_test_split,
     require_columns,
     train_val_splits,
 )
@@ -191,9 +191,8 @@ class ClassificationDataModule(BaseDataModule):
         train, val = self._splits
         self.train_set = self._prepare(train, "train", self.train_transform())
         self.val_set = self._prepare(val, "validation", self.eval_transform())
-        val_name = pick_split(self._source, self.val_split, "val")
-        test_name = None if self.streaming else pick_test_split(self._source, val_name)
-        self.split_names = {role: name for role, name in (("val", val_name), ("test", test_name)) if name}
+        self.split_names = eval_split_names(self._source, self.val_split)
+        test_name = None if self.streaming else self.split_names.get("test")
         if test_name is not None:
             self.test_set = self._prepare(self._encoded[test_name], test_name, self.eval_transform())
 

@@ -33,9 +33,8 @@ from focalbench.data.images import read_rgb
 from focalbench.data.sources import (
     DataSourceError,
     _is_saved_dataset,
+    eval_split_names,
     load_source,
-    pick_split,
-    pick_test_split,
     require_columns,
     train_val_splits,
 )
@@ -316,7 +315,7 @@ class DetectionDataModule(BaseDataModule):
     @cached_property
     def _hf_splits(self) -> dict[str, datasets.Dataset]:
         train, val = train_val_splits(self._hf_source, self.train_split, self.val_split, self.val_fraction, self.seed)
-        test_name = pick_test_split(self._hf_source, pick_split(self._hf_source, self.val_split, "val"))
+        test_name = eval_split_names(self._hf_source, self.val_split).get("test")
         return {"train": train, "val": val, **({"test": self._hf_source[test_name]} if test_name else {})}
 
     def _objects_records(self, ds: datasets.Dataset) -> list[ImageRecord]:
@@ -359,9 +358,7 @@ class DetectionDataModule(BaseDataModule):
         """The data's names of the validation and test splits (a COCO json's suffix: ``val2017``)."""
         if self._coco_files is not None:
             return {role: path.stem.removeprefix("instances_") for role, (path, _) in self._coco_files.items()}
-        val_name = pick_split(self._hf_source, self.val_split, "val")
-        test_name = pick_test_split(self._hf_source, val_name)
-        return {role: name for role, name in (("val", val_name), ("test", test_name)) if name}
+        return eval_split_names(self._hf_source, self.val_split)
 
     @property
     def image_ids(self) -> dict[str, int]:

@@ -24,9 +24,8 @@ from focalbench.data.sources import (
     SPLIT_ALIASES,
     DataSourceError,
     _is_saved_dataset,
+    eval_split_names,
     load_source,
-    pick_split,
-    pick_test_split,
     require_columns,
     train_val_splits,
 )
@@ -335,9 +334,8 @@ class SegmentationDataModule(BaseDataModule):
         train, val = self._splits
         self.train_set = SegmentationDataset(train, self.train_transform(), self.mask_format)
         self.val_set = SegmentationDataset(val, self.eval_transform(), self.mask_format)
-        val_name = pick_split(self._source, self.val_split, "val")
-        test_name = pick_test_split(self._source, val_name)
-        self.split_names = {role: name for role, name in (("val", val_name), ("test", test_name)) if name}
+        self.split_names = eval_split_names(self._source, self.val_split)
+        test_name = self.split_names.get("test")
         if test_name is not None:
             self.test_set = SegmentationDataset(self._source[test_name], self.eval_transform(), self.mask_format)
 

@@ -111,9 +111,13 @@ def pick_split(splits: datasets.DatasetDict, name: str | None, role: str) -> str
     return next((alias for alias in SPLIT_ALIASES[role] if alias in splits), None)
 
 
-def pick_test_split(splits: datasets.DatasetDict, val_name: str | None) -> str | None:
-    """The data's own test split: the first of ``test`` / ``testing`` that is not already the validation split."""
-    return next((name for name in ("test", "testing") if name in splits and name != val_name), None)
+def eval_split_names(splits: datasets.DatasetDict, val_split: str | None) -> dict[str, str]:
+    """``{"val": .., "test": ..}``: the data's validation split (as :func:`pick_split` picks it; absent when it is
+    held out of the training data) and its own test split (the first of ``test`` / ``testing`` that is not already
+    the validation split), each only when the data has it."""
+    val = pick_split(splits, val_split, "val")
+    test = next((name for name in ("test", "testing") if name in splits and name != val), None)
+    return {role: name for role, name in (("val", val), ("test", test)) if name}
 
 
 def require_columns(ds: datasets.Dataset, columns: dict[str, str], where: str) -> None:

@@ -157,10 +157,18 @@ class BaseTask(LightningModule):
     def default_callbacks(self, *callbacks: Callback) -> list[Callback]:
         """``callbacks`` less those of a type the user configured in ``trainer.callbacks``: for ``configure_callbacks``,
         whose callbacks Lightning puts in place of configured ones of the same type, so the user's would be lost.
-        Lightning's own ``ModelCheckpoint()`` (added when none is configured) does not count as configured."""
-        trainer = self._trainer
-        configured = [cb for cb in (trainer.callbacks if trainer is not None else []) if not _lightning_default(cb)]
-        return [cb for cb in callbacks if not any(isinstance(user, type(cb)) for user in configured)]
+
+        Lightning's own ``ModelCheckpoint()`` (there when checkpointing is on and none is configured) does not count
+        as configured: ours replaces it; with ``trainer.enable_checkpointing: false`` it is absent and ours too."""
+        present = list(self._trainer.callbacks) if self._trainer is not None else []
+        configured = [cb for cb in present if not _lightning_default(cb)]
+        checkpointing = self._trainer is None or any(_lightning_default(cb) for cb in present)
+        return [
+            cb
+            for cb in callbacks
+            if not any(isinstance(user, type(cb)) for user in configured)
+            and (checkpointing or not isinstance(cb, ModelCheckpoint))
+        ]
 
     # ------------------------------------------------------------------ running
     def network(self) -> nn.Module:
@@ -232,10 +240,14 @@ class BaseTask(LightningModule):
         metrics.reset()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._weights_restored = True  # by --ckpt_path or load_from_checkpoint: predict is not from random weights
+        self._has_weights = True  # by --ckpt_path or load_from_checkpoint: predict is not from random weights
+
+    def on_train_start(self) -> None:
+        self._has_weights = True  # trained in this process (fit, then predict with the same module)
 
     def on_predict_start(self) -> None:
-        if self.trainer.ckpt_path is not None or getattr(self, "_weights_restored", False):
+        """Warns when nothing but random initialisation stands behind the predictions (a forgotten flag)."""
+        if self.trainer.ckpt_path is not None or getattr(self, "_has_weights", False):
             return
         if not self.hparams.pretrained:
             rank_zero_warn(

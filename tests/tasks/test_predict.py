@@ -195,7 +195,20 @@ def test_predict_from_a_checkpoint_does_not_warn(tmp_path, tiny_args, recwarn):
     checkpoint = tmp_path / "weights.ckpt"
     fit.trainer.save_checkpoint(checkpoint)
     cls_predict(data, data / "val", tmp_path / "runs", "--ckpt_path", str(checkpoint), tiny_args=tiny_args)
+    fit.datamodule.predict_root = str(data / "val")
+    fit.trainer.predict(fit.model, datamodule=fit.datamodule)  # Python: the module just trained, no checkpoint
+    assert (tmp_path / "fit" / "predictions" / "predictions.csv").is_file()  # no log dir (fast_dev_run): root dir
     assert not [w for w in recwarn if "random weights" in str(w.message)]
+
+
+def test_dense_predict_with_a_pretrained_backbone_only_warns_that_the_heads_are_untrained(tmp_path, tiny_args):
+    from focalbench.models import create_model, save_safetensors
+
+    backbone = create_model("focalnet_tiny_lrf", num_classes=0, embed_dim=8, depths=(1, 1, 1, 1))
+    weights = save_safetensors(backbone, tmp_path / "backbone.safetensors")
+    source = write_images(tmp_path / "new", {"a.png": (32, 32)})
+    with pytest.warns(UserWarning, match=r"untrained heads.*--ckpt_path"):
+        seg_predict(source, tmp_path / "runs", "--model.pretrained", str(weights), tiny_args=tiny_args)
 
 
 TINY_DET = [

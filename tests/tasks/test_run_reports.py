@@ -5,8 +5,13 @@ over the classes, and the summary printed at the end of fit / validate / test / 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +20,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from focalbench.callbacks.classification import ClassificationImages
-from focalbench.cli import main
+from focalbench.cli import CONFIG_DIR, main
 
 TINY = ["--model.backbone_kwargs.embed_dim", "8", "--model.backbone_kwargs.depths", "[1, 1, 1, 1]"]
 FAST = ["--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.precision", "32"]
@@ -127,6 +132,16 @@ def test_a_configured_model_checkpoint_is_the_one_that_runs(tmp_path):
     assert cli.trainer.checkpoint_callback.monitor == "val_loss"
 
 
+def test_checkpointing_turned_off_writes_no_checkpoint(tmp_path):
+    data = class_folders(tmp_path / "data", {"train": 4, "val": 2})
+    cli = run(
+        "fit", "--config", "cls_custom.yaml", "--data.root", str(data), "--model.pretrained", "null",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.enable_checkpointing", "false", *TINY, *FAST,
+    )  # fmt: skip
+    assert cli.trainer.checkpoint_callback is None and not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
 def test_test_scores_the_data_test_split(tmp_path, caplog, capsys):
     data = class_folders(tmp_path / "data", {"train": 4, "val": 2, "test": 3})
     cli = run(
@@ -180,3 +195,39 @@ def test_test_without_a_test_split_says_it_scores_the_validation_split(tmp_path,
     )  # fmt: skip
     assert len(cli.trainer.test_dataloaders.dataset) == 6
     assert "the data has no test split: scoring the validation split 'validation' (6 samples)" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_process_fit_and_predict_report_once_and_write_every_output(tmp_path):
+    """DDP: the summaries read trainer.log_dir (a broadcast) on every rank and print once; predict writes a CSV per
+    rank covering every readable image, and one skipped.txt."""
+    data = class_folders(tmp_path / "data", {"train": 4, "val": 2})
+    new = tmp_path / "new"
+    for i in range(5):
+        (new / f"{i}.png").parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((36, 36, 3), 40 * i, np.uint8)).save(new / f"{i}.png")
+    (new / "broken.png").write_bytes(b"not an image")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = [
+        "--config", "cls_custom.yaml", "--data.root", str(data), "--model.pretrained", "null",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), *TINY, *FAST,
+    ]  # fmt: skip
+
+    def cli(*args: str) -> str:
+        command = [sys.executable, str(CONFIG_DIR.parent / "cli.py"), *args]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    printed = cli("fit", *common, "--trainer.max_epochs", "1")
+    assert printed.count("fit finished") == 1
+    best = re.search(r"best checkpoint +(\S+\.ckpt)", printed).group(1)
+    assert Path(best).is_file()
+    skip = ["--data.skip_corrupt", "true"]
+    printed = cli("predict", *common, "--ckpt_path", best, "--data.predict_root", str(new), *skip)
+    assert printed.count("predict finished") == 1
+    out = next((tmp_path / "runs").rglob("predictions.rank0.csv")).parent
+    rows = [row for rank in (0, 1) for row in csv.DictReader(open(out / f"predictions.rank{rank}.csv"))]
+    assert sorted(Path(row["path"]).name for row in rows) == [f"{i}.png" for i in range(5)]
+    assert (out / "skipped.txt").read_text().splitlines() == [str(new / "broken.png")]
