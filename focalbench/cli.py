@@ -13,9 +13,11 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from focalbench.callbacks.defaults import add_default_callbacks
 from focalbench.data.base import BaseDataModule
 from focalbench.errors import ConfigError, project_error, user_message
 from focalbench.tasks.base import BaseTask
@@ -50,7 +52,13 @@ def _resolve(name: str) -> str:
 
 
 class FocalbenchCLI(LightningCLI):
-    """Links what the data knows (class count and names) to the model, so configs state them once."""
+    """Links what the data knows (class count and names) to the model, so configs state them once, and gives the
+    trainer the default callbacks (:func:`~focalbench.callbacks.defaults.add_default_callbacks`)."""
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        add_default_callbacks(trainer, self.model)
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")

@@ -9,16 +9,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import Metric, MetricCollection
 
-from focalbench.callbacks.learning_rate import BaseLearningRate
-from focalbench.callbacks.summary import RunSummary
-from focalbench.callbacks.tensorboard import HyperparametersWithMetric
 from focalbench.errors import ConfigError
 from focalbench.models.contract import Normalization, freeze_stages, input_normalization
 from focalbench.models.factory import build_backbone
@@ -135,7 +131,12 @@ class BaseTask(LightningModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared by the tasks
-    monitor: str  # the metric the best checkpoint is chosen by (maximised); each task names its own
+    # What the run's default callbacks (``focalbench.callbacks.defaults``, added by the CLI) need to know, so that
+    # the tasks import no callbacks: the metric the best checkpoint is chosen by (maximised), its file name, and the
+    # class path of the writer ``predict`` uses.
+    monitor: str
+    checkpoint_filename: str
+    prediction_writer: str | None = None
     pretrained_includes_heads = False  # whether ``pretrained`` weights carry the heads too (a classifier's do)
 
     def build_dense_backbone(self) -> nn.Module:
@@ -144,31 +145,6 @@ class BaseTask(LightningModule):
         return build_backbone(
             hp.backbone, pretrained=hp.pretrained, drop_path_rate=hp.drop_path_rate, **(hp.backbone_kwargs or {})
         )
-
-    def checkpoint_callbacks(self, filename: str) -> list[Callback]:
-        """What every run gets unless ``trainer.callbacks`` configures its own of the type: the best checkpoint by
-        ``monitor`` (maximised) named by ``filename`` + ``last.ckpt``, the base lr as one curve (``lr``), the
-        hyperparameters with the monitored metric in TensorBoard, and the summary printed at the end of a run."""
-        best = ModelCheckpoint(
-            monitor=self.monitor, mode="max", save_last=True, filename=filename, auto_insert_metric_name=False
-        )
-        return self.default_callbacks(best, BaseLearningRate(), HyperparametersWithMetric(), RunSummary())
-
-    def default_callbacks(self, *callbacks: Callback) -> list[Callback]:
-        """``callbacks`` less those of a type the user configured in ``trainer.callbacks``: for ``configure_callbacks``,
-        whose callbacks Lightning puts in place of configured ones of the same type, so the user's would be lost.
-
-        Lightning's own ``ModelCheckpoint()`` (there when checkpointing is on and none is configured) does not count
-        as configured: ours replaces it; with ``trainer.enable_checkpointing: false`` it is absent and ours too."""
-        present = list(self._trainer.callbacks) if self._trainer is not None else []
-        configured = [cb for cb in present if not _lightning_default(cb)]
-        checkpointing = self._trainer is None or any(_lightning_default(cb) for cb in present)
-        return [
-            cb
-            for cb in callbacks
-            if not any(isinstance(user, type(cb)) for user in configured)
-            and (checkpointing or not isinstance(cb, ModelCheckpoint))
-        ]
 
     # ------------------------------------------------------------------ running
     def network(self) -> nn.Module:
@@ -311,14 +287,3 @@ class BaseTask(LightningModule):
         if total == math.inf:  # max_epochs -1: open-ended
             raise ConfigError("trainer.max_epochs -1 leaves the lr schedule without a length: set trainer.max_steps")
         return int(total), max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-
-
-def _lightning_default(callback: Callback) -> bool:
-    """Whether ``callback`` is the ``ModelCheckpoint()`` Lightning adds when none is configured."""
-    return (
-        type(callback) is ModelCheckpoint
-        and callback.monitor is None
-        and callback.filename is None
-        and callback.dirpath is None
-        and callback.save_last is None
-    )

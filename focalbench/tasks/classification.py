@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -11,7 +10,6 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from focalbench.callbacks.predictions import ClassificationCSVWriter
 from focalbench.models import create_model
 from focalbench.models.factory import drop_focalnet_kwargs, is_focalnet, timm_pretrained_kwargs
 from focalbench.tasks.base import BaseTask
@@ -33,6 +31,8 @@ class ClassificationTask(BaseTask):
     """
 
     monitor = "val_acc1"
+    checkpoint_filename = "epoch{epoch:03d}-acc1{val_acc1:.4f}"
+    prediction_writer = "focalbench.callbacks.predictions.ClassificationCSVWriter"
     pretrained_includes_heads = True  # the classifier is loaded with the weights when its class count matches
 
     def __init__(
@@ -120,12 +120,6 @@ class ClassificationTask(BaseTask):
         # Inside the model: trained at full lr (timm's group_matcher would put it in the top group anyway) and never
         # frozen, so a linear probe (freeze_backbone) trains exactly the classifier.
         return [self.model.get_classifier()]
-
-    def configure_callbacks(self) -> list[Callback]:
-        return [
-            *self.checkpoint_callbacks("epoch{epoch:03d}-acc1{val_acc1:.4f}"),
-            *self.default_callbacks(ClassificationCSVWriter()),
-        ]
 
     # ------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from focalbench.callbacks.detection import CocoResultsWriter
 from focalbench.data.coco import encode_mask
 from focalbench.errors import ConfigError
 from focalbench.tasks.base import BaseTask
@@ -120,6 +118,8 @@ class DetectionTask(BaseTask):
     """
 
     monitor = "val_bbox_mAP"
+    checkpoint_filename = "epoch{epoch:03d}-bbox_mAP{val_bbox_mAP:.4f}"
+    prediction_writer = "focalbench.callbacks.detection.CocoResultsWriter"
 
     def __init__(
         self,
@@ -161,12 +161,6 @@ class DetectionTask(BaseTask):
 
     def head_modules(self) -> list[nn.Module]:
         return _outside(self.model, self._backbone)  # FPN, RPN, RoI heads
-
-    def configure_callbacks(self) -> list[Callback]:
-        return [
-            *self.checkpoint_callbacks("epoch{epoch:03d}-bbox_mAP{val_bbox_mAP:.4f}"),
-            *self.default_callbacks(CocoResultsWriter()),  # a configured one (e.g. with draw_images) is kept
-        ]
 
     # ------------------------------------------------------------------ steps
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):

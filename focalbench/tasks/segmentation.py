@@ -8,13 +8,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from focalbench.callbacks.segmentation import SegmentationMaskWriter
 from focalbench.data.seg_transforms import IGNORE_INDEX, rescale_size
 from focalbench.errors import ConfigError
 from focalbench.models.heads import UPerNet
@@ -56,6 +54,8 @@ class SegmentationTask(BaseTask):
     """
 
     monitor = "val_mIoU"
+    checkpoint_filename = "step{step:06d}-mIoU{val_mIoU:.4f}"
+    prediction_writer = "focalbench.callbacks.segmentation.SegmentationMaskWriter"
 
     def __init__(
         self,
@@ -124,12 +124,6 @@ class SegmentationTask(BaseTask):
 
     def head_modules(self) -> list[nn.Module]:
         return [m for m in (self.model.decode_head, self.model.auxiliary_head) if m is not None]
-
-    def configure_callbacks(self) -> list[Callback]:
-        return [
-            *self.checkpoint_callbacks("step{step:06d}-mIoU{val_mIoU:.4f}"),
-            *self.default_callbacks(SegmentationMaskWriter()),
-        ]
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer

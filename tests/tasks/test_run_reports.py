@@ -231,3 +231,19 @@ def test_two_process_fit_and_predict_report_once_and_write_every_output(tmp_path
     rows = [row for rank in (0, 1) for row in csv.DictReader(open(out / f"predictions.rank{rank}.csv"))]
     assert sorted(Path(row["path"]).name for row in rows) == [f"{i}.png" for i in range(5)]
     assert (out / "skipped.txt").read_text().splitlines() == [str(new / "broken.png")]
+
+
+def test_tasks_import_no_callbacks_and_the_cli_adds_the_defaults():
+    # Tasks declare what the defaults need (monitor, checkpoint file name, writer class path); the CLI builds them.
+    import ast
+    from pathlib import Path
+
+    import focalbench.tasks
+
+    for path in Path(focalbench.tasks.__file__).parent.glob("*.py"):
+        imported = [
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        ]
+        assert not [m for m in imported if m.startswith("focalbench.callbacks")], path.name
