@@ -1,4 +1,4 @@
-"""``python cli.py {fit,validate,test,predict} --config NAME.yaml``: LightningCLI over the tasks and data modules.
+"""``python cli.py {fit,validate,test,predict,export} --config NAME.yaml``: LightningCLI over the tasks and data.
 
 A bare config name that is not a file in the working directory resolves to ``configs/NAME``; an unknown one
 stops with one line listing the available configs.
@@ -13,6 +13,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from focalbench.data.base import BaseDataModule
+from focalbench.export.trainer import Trainer
 from focalbench.tasks.base import BaseTask
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -45,7 +46,16 @@ def _resolve(name: str) -> str:
 
 
 class FocalbenchCLI(LightningCLI):
-    """Links what the data knows (class count and names) to the model, so configs state them once."""
+    """Links what the data knows (class count and names) to the model, so configs state them once; adds the
+    ``export`` subcommand (a method of our Trainer, so it gets the same config, checkpoint and link handling)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_class", Trainer)
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
