@@ -101,7 +101,12 @@ def export_huggingface(job: ExportJob) -> None:
 
 
 def _stages_before_downsampling(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """transformers' encoder states before each stage's downsampling, as NCHW maps."""
-    embeddings, dims = model.embeddings(x)
-    out = model.encoder(embeddings, dims, output_hidden_states=True, output_hidden_states_before_downsampling=True)
-    return list(out.reshaped_hidden_states[1:])
+    """transformers' encoder states before each stage's downsampling, as NCHW maps. Stage by stage: its encoder's
+    ``output_hidden_states_before_downsampling`` reshapes them with the downsampled size (transformers 5.24)."""
+    hidden, dims = model.embeddings(x)
+    outputs = []
+    for stage in model.encoder.stages:
+        after, before, out_dims = stage(hidden, dims)
+        outputs.append(before.transpose(1, 2).reshape(len(x), -1, *dims))
+        hidden, dims = after, tuple(out_dims[-2:])
+    return outputs

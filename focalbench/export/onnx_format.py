@@ -1,14 +1,15 @@
 """``onnx``: ``model.onnx`` checked under ONNX Runtime against PyTorch's outputs (tolerance 1e-4).
 
-Classifiers and UPerNet go through torch's dynamo exporter with the dynamic shapes torch.export allows (UPerNet's
-adaptive pooling pins the image size). torchvision's Mask R-CNN / Faster R-CNN go through the TorchScript exporter
-(opset 17), which torchvision supports for its detectors: one image of any height and width per call.
-"""
+Classifiers and UPerNet go through torch's dynamo exporter, as dynamic as still reproduces PyTorch (a UPerNet with
+symbolic height and width exports, but its adaptive pooling then computes something else under ONNX Runtime, so
+its image size is fixed and the card says so). torchvision's Mask R-CNN / Faster R-CNN go through the TorchScript
+exporter, which torchvision supports for its detectors: one image of any height and width per call."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,31 +18,42 @@ from focalbench.export.networks import exportable, output_names
 from focalbench.export.torch_export import as_tuple, check_inputs, first_that_exports, shapes
 
 TOLERANCE = 1e-4
-OPSET = 17
+OPSET = 18  # the dynamo exporter's lowest; torchvision's detector ops have symbolics for it too
 
 
 def _session(path: Path):
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise ExportError(
-            "the onnx format needs onnx, onnxscript and onnxruntime: pip install 'focalbench[export]'"
-        ) from err
+    import onnxruntime
+
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _check(job: ExportJob, net: torch.nn.Module, path: Path, label: str) -> str:
+    """Run the written file under ONNX Runtime on the example inputs and compare with PyTorch; the card's note."""
+    session = _session(path)
+    input_name = session.get_inputs()[0].name
+    inputs = check_inputs(job, label)
+    worst = 0.0
+    for x in inputs:
+        got = [torch.from_numpy(a) for a in session.run(None, {input_name: x.numpy()})]
+        worst = max(worst, check_close("ONNX Runtime", got, as_tuple(net(x)), TOLERANCE))
+    names = ", ".join(output_names(job.kind, job.task))
+    return (
+        f"ONNX ({label}; input {input_name}, outputs {names}); under ONNX Runtime within {worst:.1e} of PyTorch's "
+        f"outputs on inputs {shapes(inputs)}"
+    )
 
 
 def _export_dense(job: ExportJob, net: torch.nn.Module, path: Path) -> str:
     example = example_images(job.kind, job.preprocessing)[0]
-    names = output_names(job.kind, job.task)
 
-    def export(dynamic_shapes):
+    def export_and_check(dynamic_shapes: Any, label: str) -> str:
         torch.onnx.export(
             net, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=["images"],
-            output_names=names, opset_version=18, verbose=False,
+            output_names=output_names(job.kind, job.task), opset_version=OPSET, verbose=False,
         )  # fmt: skip
+        return _check(job, net, path, label)
 
-    _, label = first_that_exports(job, export, "the ONNX exporter")
-    return label
+    return first_that_exports(job, export_and_check, "the ONNX exporter")
 
 
 def _export_detector(job: ExportJob, net: torch.nn.Module, path: Path) -> str:
@@ -54,31 +66,21 @@ def _export_detector(job: ExportJob, net: torch.nn.Module, path: Path) -> str:
             net, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=["image"],
             output_names=names, dynamic_axes=axes,
         )  # fmt: skip
-    return "one image, dynamic height and width"
+    net.eval()  # the TorchScript exporter restores the wrapper's mode recursively: put the detector back in eval
+    return _check(job, net, path, "one image, dynamic height and width")
 
 
 def export_onnx(job: ExportJob) -> None:
     try:
         import onnx  # noqa: F401 - the exporters need it
+        import onnxruntime  # noqa: F401 - the check needs it
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise ExportError(
-            "the onnx format needs onnx, onnxscript and onnxruntime: pip install 'focalbench[export]'"
-        ) from err
+            f"the onnx format needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
+            "pip install 'focalbench[export]'"
+        ) from None
     net = exportable(job.task, job.kind)
     path = job.output / "model.onnx"
-    label = (_export_detector if job.kind == "detection" else _export_dense)(job, net, path)
-    net.eval()  # the TorchScript exporter restores the wrapper's (training) mode, recursively
-    session = _session(path)
-    input_name = session.get_inputs()[0].name
-    inputs = check_inputs(job, label)
-    worst = 0.0
-    with torch.no_grad():
-        for x in inputs:
-            got = [torch.from_numpy(a) for a in session.run(None, {input_name: x.numpy()})]
-            worst = max(worst, check_close("ONNX Runtime", got, as_tuple(net(x)), TOLERANCE))
+    job.notes.append((_export_detector if job.kind == "detection" else _export_dense)(job, net, path))
     job.files.append(path.name)
-    job.notes.append(
-        f"ONNX ({label}, input `{input_name}`, outputs {', '.join(output_names(job.kind, job.task))});"
-        f" under ONNX Runtime within {worst:.1e} of PyTorch's outputs on inputs {shapes(inputs)}"
-    )

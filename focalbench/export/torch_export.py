@@ -28,16 +28,27 @@ def shape_attempts(kind: str) -> list[tuple[str, Any]]:
     ]
 
 
-def first_that_exports(job: ExportJob, export: Callable[[Any], Any], what: str) -> tuple[Any, str]:
-    """``export(dynamic_shapes)`` for the first of :func:`shape_attempts` that succeeds, with its label."""
+def first_that_exports(job: ExportJob, export_and_check: Callable[[Any, str], str], what: str) -> str:
+    """``export_and_check(dynamic_shapes, label)`` for the first of :func:`shape_attempts` that exports and
+    reproduces PyTorch's outputs (a more dynamic graph can export and still compute something else: UPerNet's
+    adaptive pooling under ONNX); returns its note for the card. A failure of the last attempt is the error."""
     error: Exception | None = None
+    skipped = []
     for label, dynamic_shapes in shape_attempts(job.kind):
         try:
-            return export(dynamic_shapes), label
+            note = export_and_check(dynamic_shapes, label)
         except Exception as err:  # try the next, less dynamic one; the last error is reported
             error = err
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise ExportError(f"{what} cannot export the {job.kind} model: {message}")
+            skipped.append(f"{label}: {_first_line(err)}")
+            continue
+        return note + "".join(f" (not {s})" for s in skipped)
+    if isinstance(error, ExportError):
+        raise error
+    raise ExportError(f"{what} cannot export the {job.kind} model: {_first_line(error)}")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def check_inputs(job: ExportJob, label: str) -> list[torch.Tensor]:
@@ -57,19 +68,28 @@ def shapes(inputs: list[torch.Tensor]) -> str:
 def export_torch(job: ExportJob) -> None:
     net = exportable(job.task, job.kind)
     example = example_images(job.kind, job.preprocessing)[0]
-    program, label = first_that_exports(
-        job, lambda dynamic: torch.export.export(net, (example,), dynamic_shapes=dynamic, strict=False), "torch.export"
-    )
     path = job.output / "model.pt2"
-    torch.export.save(program, path)
-    loaded = torch.export.load(path).module()
-    inputs = check_inputs(job, label)
-    worst = 0.0
-    with torch.no_grad():
+
+    def export_and_check(dynamic_shapes: Any, label: str) -> str:
+        program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes, strict=False)
+        torch.export.save(program, path)
+        loaded = torch.export.load(path).module()
+        inputs = check_inputs(job, label)
+        worst = 0.0
         for x in inputs:
             worst = max(worst, check_close("torch.export.load", as_tuple(loaded(x)), as_tuple(net(x)), TOLERANCE))
+        return (
+            f"torch.export ({label}); re-loaded with torch.export.load, outputs within {worst:.1e} of PyTorch's "
+            f"on inputs {shapes(inputs)}"
+        )
+
+    try:
+        job.notes.append(first_that_exports(job, export_and_check, "torch.export"))
+    except ExportError as err:
+        if job.kind != "detection":
+            raise
+        raise ExportError(
+            f"{err} (torchvision's detector has data-dependent shapes after NMS, which torch.export cannot trace; "
+            "--format onnx exports the whole detector)"
+        ) from None
     job.files.append(path.name)
-    job.notes.append(
-        f"torch.export ({label}); re-loaded with torch.export.load, outputs within {worst:.1e} of "
-        f"PyTorch's on inputs {shapes(inputs)}"
-    )
