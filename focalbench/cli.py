@@ -1,7 +1,8 @@
 """``python cli.py {fit,validate,test,predict,export} --config NAME.yaml``: LightningCLI over the tasks and data.
 
 A bare config name that is not a file in the working directory resolves to ``configs/NAME``; an unknown one
-stops with one line listing the available configs.
+stops with one line listing the available configs. Installed (``pip install .``), the ``focalbench`` command is the
+same CLI and finds the configs shipped in the package.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from focalbench import __version__
 from focalbench.data.base import BaseDataModule
 from focalbench.export.trainer import Trainer
 from focalbench.tasks.base import BaseTask
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Inside the package when installed from a wheel (setup.py maps configs/ there); at the root of a checkout.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 
 def available_configs() -> list[str]:
@@ -51,6 +55,7 @@ class FocalbenchCLI(LightningCLI):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("trainer_class", Trainer)
+        kwargs["parser_kwargs"] = {"version": __version__, **(kwargs.get("parser_kwargs") or {})}
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -77,3 +82,9 @@ def main(args: Sequence[str] | None = None) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def run() -> None:
+    """The ``focalbench`` console script: :func:`main` on the command line (its return value is for tests only;
+    a console script would turn it into an exit status)."""
+    main()

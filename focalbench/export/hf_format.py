@@ -54,7 +54,10 @@ def hf_config(job: ExportJob, args: dict):
 
 
 def export_huggingface(job: ExportJob) -> None:
-    from transformers import FocalNetForImageClassification, FocalNetModel
+    try:
+        from transformers import FocalNetForImageClassification, FocalNetModel
+    except ImportError:
+        raise ExportError("the huggingface format needs transformers: pip install 'focalbench[export]'") from None
 
     trunk = focalnet_trunk(job.task, job.kind)
     if trunk is None:
