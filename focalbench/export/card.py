@@ -5,7 +5,7 @@ from __future__ import annotations
 from focalbench.export.core import ExportJob
 
 _USAGE = {
-    "timm": 'import timm\nmodel = timm.create_model("local-dir:{path}").eval()',
+    "timm": 'import timm\nmodel = timm.create_model("local-dir:{path}", pretrained=True).eval()',
     "huggingface": 'from transformers import {cls}\nmodel = {cls}.from_pretrained("{path}").eval()',
     "onnx": 'import onnxruntime\nsession = onnxruntime.InferenceSession("{path}/model.onnx")',
     "torch-export": 'import torch\nmodel = torch.export.load("{path}/model.pt2").module()',

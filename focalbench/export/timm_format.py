@@ -1,4 +1,4 @@
-"""``timm``: ``model.safetensors`` + ``config.json`` in timm's hub form, for ``timm.create_model("local-dir:DIR")``.
+"""``timm``: ``model.safetensors`` + ``config.json``, for ``timm.create_model("local-dir:DIR", pretrained=True)``.
 
 A FocalNet classifier is rebuilt as timm's FocalNet of the same architecture (every architecture argument in
 ``model_args``, so a demo's small ``embed_dim``/``depths`` and the large_fl4 ``normalize_modulator`` travel with
@@ -87,12 +87,12 @@ def export_timm(job: ExportJob) -> None:
         safe_serialization=True,
         data_config=data_config,
     )
-    loaded = timm.create_model(f"local-dir:{job.output}").eval()
+    loaded = timm.create_model(f"local-dir:{job.output}", pretrained=True).eval()
     inputs = example_images(job.kind, prep)
     with torch.no_grad():
         worst = max(check_close("timm.create_model", [loaded(x)], [task.model(x)], TOLERANCE) for x in inputs)
     job.files += ["model.safetensors", "config.json"]
     job.notes.append(
-        f'timm: `timm.create_model("local-dir:{job.output.name}")` (architecture '
+        f'timm: `timm.create_model("local-dir:{job.output.name}", pretrained=True)` (architecture '
         f"`{model.pretrained_cfg['architecture']}`); its logits within {worst:.1e} of focalbench's"
     )
