@@ -11,7 +11,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from focalbench.models.focalnet import FocalNet, FocalNetBackbone
+from focalbench.models.focalnet import FocalNetBlock
 
 
 class ExportError(ValueError):
@@ -78,23 +78,20 @@ def preprocessing(task: nn.Module, kind: str, datamodule: object | None) -> dict
 
 @contextmanager
 def plain_inference(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode on the CPU with FocalNet's fused oneDNN path off (exporters need plain ATen ops);
-    the previous mode and fused setting come back afterwards."""
-    focalnets = [m for m in module.modules() if isinstance(m, (FocalNet, FocalNetBackbone))]
-    fused = [
-        any(getattr(b, "fused_inference", False) for b in m.modules() if hasattr(b, "fused_inference"))
-        for m in focalnets
-    ]
+    """``module`` in eval mode with FocalNet's fused oneDNN path off (it calls oneDNN directly; exporters need
+    plain ATen ops); the previous mode and fused settings come back afterwards."""
+    blocks = [m for m in module.modules() if isinstance(m, FocalNetBlock)]
+    fused = [block.fused_inference for block in blocks]
     training = module.training
-    for m in focalnets:
-        m.set_fused_inference(False)
+    for block in blocks:
+        block.fused_inference = False
     module.eval()
     try:
         yield module
     finally:
         module.train(training)
-        for m, enable in zip(focalnets, fused):
-            m.set_fused_inference(enable)
+        for block, enable in zip(blocks, fused):
+            block.fused_inference = enable
 
 
 def example_images(kind: str, preprocessing: dict, seed: int = 0) -> list[torch.Tensor]:
