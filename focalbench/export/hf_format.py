@@ -93,13 +93,30 @@ def export_huggingface(job: ExportJob) -> None:
     model = FocalNetForImageClassification(config)
     model.load_state_dict(from_focalbench(ours, model.state_dict(), "hf"))
     model.save_pretrained(job.output)
+    image_processor(job.preprocessing).save_pretrained(job.output)
     loaded = FocalNetForImageClassification.from_pretrained(job.output).eval()
     with torch.no_grad():
         worst = max(check_close("transformers", [loaded(pixel_values=x).logits], [trunk(x)], TOLERANCE) for x in inputs)
-    job.files += ["model.safetensors", "config.json"]
+    job.files += ["model.safetensors", "config.json", "preprocessor_config.json"]
     job.notes.append(
         f"transformers: `FocalNetForImageClassification.from_pretrained(...)`; its logits within {worst:.1e} of "
         "focalbench's"
+    )
+
+
+def image_processor(prep: dict):
+    """The evaluation transform for ``AutoImageProcessor``: ConvNeXt's processor resizes the shorter side to
+    size / crop_pct and centre-crops size, as focalbench's evaluation does (bicubic, ImageNet mean / std)."""
+    from PIL import Image
+    from transformers import ConvNextImageProcessor
+
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[prep["interpolation"]]
+    return ConvNextImageProcessor(
+        size={"shortest_edge": prep["input_size"][-1]},
+        crop_pct=prep["crop_pct"],
+        resample=resample,
+        image_mean=list(prep["mean"]),
+        image_std=list(prep["std"]),
     )
 
 

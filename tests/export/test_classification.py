@@ -46,11 +46,15 @@ def test_onnx_runs_under_onnxruntime(checkpoint, run_export, tmp_path, one_threa
 
 
 def test_huggingface_from_pretrained_with_labels(checkpoint, run_export, tmp_path, one_thread):
-    from transformers import FocalNetForImageClassification
+    from PIL import Image
+    from transformers import AutoImageProcessor, FocalNetForImageClassification
 
     out = run_export(CONFIG, checkpoint, "huggingface", tmp_path / "hf")
     model = FocalNetForImageClassification.from_pretrained(out).eval()
     assert model.config.id2label == dict(enumerate(CLASSES))
+    processor = AutoImageProcessor.from_pretrained(out)  # the evaluation transform: 32 px, crop 1.0, bicubic
+    assert (processor.size["shortest_edge"], processor.crop_pct, processor.resample) == (32, 1.0, 3)
+    assert processor(Image.new("RGB", (48, 40)), return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
     task = trained(checkpoint)
     x = images(2, 3, 64, 64)
     torch.testing.assert_close(model(pixel_values=x).logits, task.model(x), rtol=0, atol=1e-4)
