@@ -24,6 +24,7 @@ def images(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.slow  # torch.export with symbolic batch and size: 25 s alone on the 2-core CPU, a minute in the suite
 def test_torch_export_reloads_with_dynamic_batch_and_size(checkpoint, run_export, tmp_path, one_thread):
     out = run_export(CONFIG, checkpoint, "torch-export", tmp_path / "pt2")
     program = torch.export.load(out / "model.pt2").module()
@@ -32,6 +33,7 @@ def test_torch_export_reloads_with_dynamic_batch_and_size(checkpoint, run_export
         torch.testing.assert_close(program(x), task.model(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # the dynamo ONNX exporter: 25 s alone on the 2-core CPU, a minute in the suite
 def test_onnx_runs_under_onnxruntime(checkpoint, run_export, tmp_path, one_thread):
     import onnxruntime
 
