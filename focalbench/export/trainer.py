@@ -33,6 +33,10 @@ class Trainer(LightningTrainer):
                 ``onnx``, ``torch-export`` (every task).
             output: the folder to write (created).
         """
+        from focalbench.export.core import ExportError
         from focalbench.export.run import export_task
 
-        return export_task(model, format, output, ckpt_path=ckpt_path, datamodule=datamodule)
+        try:
+            return export_task(model, format, output, ckpt_path=ckpt_path, datamodule=datamodule)
+        except ExportError as err:  # a refusal or a failed check: one line on the command line, as config errors
+            raise SystemExit(f"error: {err}") from None

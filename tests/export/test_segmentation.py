@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focalbench.export import ExportError
 from focalbench.tasks.segmentation import SegmentationTask
 
 CONFIG = "demo_seg.yaml"
@@ -70,6 +69,7 @@ def test_huggingface_backbone_gives_the_stage_outputs(checkpoint, run_export, tm
 
 
 def test_timm_format_refuses_a_segmentation_model_in_one_line(checkpoint, run_export, tmp_path):
-    with pytest.raises(ExportError, match="the timm format takes classification models, not segmentation") as err:
+    message = "^error: the timm format takes classification models, not segmentation"
+    with pytest.raises(SystemExit, match=message) as err:
         run_export(CONFIG, checkpoint, "timm", tmp_path / "timm")
     assert "\n" not in str(err.value) and "--format huggingface or onnx or torch-export" in str(err.value)
