@@ -1,7 +1,8 @@
-"""``python cli.py {fit,validate,test,predict} --config NAME.yaml``: LightningCLI over the tasks and data modules.
+"""``python cli.py {fit,validate,test,predict,export} --config NAME.yaml``: LightningCLI over the tasks and data.
 
 A bare config name that is not a file in the working directory resolves to ``configs/NAME``; an unknown one
-stops with one line listing the available configs.
+stops with one line listing the available configs. Installed (``pip install .``), the ``focalbench`` command is the
+same CLI and finds the configs shipped in the package.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from focalbench import __version__
 from focalbench.callbacks.defaults import add_default_callbacks
 from focalbench.data.base import BaseDataModule
 from focalbench.errors import ConfigError, project_error, user_message
+from focalbench.export.trainer import Trainer
 from focalbench.tasks.base import BaseTask
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Inside the package when installed from a wheel (setup.py maps configs/ there); at the root of a checkout.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 
 def available_configs() -> list[str]:
@@ -52,8 +56,18 @@ def _resolve(name: str) -> str:
 
 
 class FocalbenchCLI(LightningCLI):
-    """Links what the data knows (class count and names) to the model, so configs state them once, and gives the
-    trainer the default callbacks (:func:`~focalbench.callbacks.defaults.add_default_callbacks`)."""
+    """Links what the data knows (class count and names) to the model, so configs state them once; gives the
+    trainer the default callbacks (:func:`~focalbench.callbacks.defaults.add_default_callbacks`); adds the ``export``
+    subcommand (a method of our Trainer, so it gets the same config, checkpoint and link handling)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_class", Trainer)
+        kwargs["parser_kwargs"] = {"version": __version__, **(kwargs.get("parser_kwargs") or {})}
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -140,3 +154,9 @@ class _ReleaseLogsAtSetup(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:  # runs after the data module's setup
         self.held.finish()
+
+
+def run() -> None:
+    """The ``focalbench`` console script: :func:`main` on the command line (its return value is for tests only;
+    a console script would turn it into an exit status)."""
+    main()

@@ -1,0 +1,29 @@
+"""The pieces every export format shares: plain (unfused) inference while exporting, and the output check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from focalbench.export import ExportError
+from focalbench.export.core import check_close, plain_inference
+from focalbench.models import create_model
+from focalbench.models.focalnet import FocalNetBlock
+
+
+def test_plain_inference_turns_the_fused_path_off_and_restores_it():
+    model = create_model("focalnet_tiny_srf", num_classes=3, embed_dim=8, depths=[1, 1, 1, 1])
+    blocks = [m for m in model.modules() if isinstance(m, FocalNetBlock)]
+    blocks[0].fused_inference = False  # a user's own setting comes back as it was
+    with plain_inference(model):
+        assert not model.training and not any(block.fused_inference for block in blocks)
+    assert model.training and [block.fused_inference for block in blocks] == [False, True, True, True]
+
+
+def test_check_close_reports_the_largest_difference_in_one_line():
+    want = [torch.zeros(2, 3)]
+    assert check_close("x", [torch.full((2, 3), 5e-6)], want, atol=1e-5) == pytest.approx(5e-6)
+    with pytest.raises(ExportError, match=r"^ONNX Runtime: outputs differ from PyTorch's by 2\.00e-03 \(tolerance"):
+        check_close("ONNX Runtime", [torch.full((2, 3), 2e-3)], want, atol=1e-4)
+    with pytest.raises(ExportError, match=r"output 0 has shape \(3,\), PyTorch's \(2, 3\)"):
+        check_close("x", [torch.zeros(3)], want, atol=1e-4)
