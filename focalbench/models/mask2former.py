@@ -66,8 +66,9 @@ def build_mask2former(
     the official ones (class 2, mask 5, dice 5, no-object 0.1, 112² = 12544 sampled points).
     """
     heads = num_attention_heads
-    if hidden_dim % heads:
-        raise ValueError(f"hidden_dim {hidden_dim} must be a multiple of num_attention_heads {heads}")
+    if hidden_dim % heads or hidden_dim % 32:
+        # the pixel decoder normalises with GroupNorm(32 groups)
+        raise ValueError(f"hidden_dim {hidden_dim} must be a multiple of 32 and of num_attention_heads {heads}")
     strides = [int(s) for s in getattr(backbone, "strides", (4, 8, 16, 32))]
     config = Mask2FormerConfig(
         # a minimal stand-in, replaced below: the config needs a backbone to build the model once
