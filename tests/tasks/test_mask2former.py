@@ -298,3 +298,23 @@ def test_perfect_instance_predictions_score_ap_one():
     scores = task.summarize(task.stage_metrics("val").compute(), "val")
     # corners rounded by the stride-4 masks keep IoU > 0.95, so every COCO threshold matches
     assert scores["segm_mAP"].item() == pytest.approx(1.0) and scores["bbox_mAP"].item() == pytest.approx(1.0)
+
+
+def test_tensorboard_gets_panoptic_overlays_pq_per_class_and_checkpoints(tmp_path, tiny_args):
+    cli = run(
+        "fit", "--config", "demo_panoptic.yaml", "--data.root", str(write_panoptic(tmp_path / "coco")),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.log_every_n_steps", "1", "--model.object_mask_threshold", "0.0", "--model.overlap_threshold", "0.0",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), *SMALL, *tiny_args,
+    )  # fmt: skip
+    assert cli.trainer.checkpoint_callback.monitor == "val_PQ"
+    checkpoints = {p.name for p in (tmp_path / "runs").rglob("*.ckpt")}
+    assert "last.ckpt" in checkpoints and any(name.startswith("step000001-PQ") for name in checkpoints)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = next((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events.parent), size_guidance={"images": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    assert {"val/panoptic", "val/class_pq"} <= set(tags["images"])
+    assert {"train_loss", "val_PQ", "val_PQ_things", "val_PQ_stuff", "val_SQ", "val_RQ"} <= set(tags["scalars"])
