@@ -3,13 +3,17 @@
     python benchmarks/dense_speed.py          # CPU, 2 threads: Mask R-CNN on one 512x768 image, UPerNet on 512x512
     python benchmarks/dense_speed.py --device cuda --size 800 1216 --threads 16
     python benchmarks/dense_speed.py --backbones focalnet_tiny_lrf swin_tiny_patch4_window7_224 convnext_tiny
+    python benchmarks/dense_speed.py --backbones focalnet_tiny_lrf swin_tiny_patch4_window7_224 \
+        --heads mask2former --mask2former-train          # Mask2Former at 512x512: forward and training step
 
 Each backbone comes from :func:`build_backbone` (FocalNet variants with ``focal_windows=9``, the paper's dense-task
 setting; timm models with ``features_only``, Swin with ``dynamic_img_size`` since timm's Swin otherwise accepts only
 its 224 px training size) and runs under every entry of ``HEADS``: the bare backbone and torchvision's Mask R-CNN +
 FPN (eval, 81 classes, ``box_score_thresh=0`` so that random weights still keep the full 100 detections per image
 and every model pays for the same mask head) on ``--size``, and UPerNet (150 classes, 512 channels, as for ADE20K)
-on a ``--seg-size`` square. Random weights, fp32, ``inference_mode``. Each figure is the median
+on a ``--seg-size`` square, and transformers' Mask2Former with the ADE20K recipe's head (150 classes, 100 queries,
+10 decoder / 6 encoder layers) on the same square, forward and (``--mask2former-train``) a training step. Random
+weights, fp32, ``inference_mode``. Each figure is the median
 of ``--repeats`` timed runs after ``--warmup`` untimed ones, the models timed in turn within each round so a change
 of machine load hits all of them alike. The ratios divide the first backbone's speed (img/s) by each other's.
 """
@@ -57,16 +61,56 @@ def upernet(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
     return lambda image: model(image[None])
 
 
+def input_size(head: str, args) -> tuple[int, int]:
+    return (args.seg_size, args.seg_size) if head in ("upernet", "mask2former") else tuple(args.size)
+
+
+def mask2former_model(backbone: nn.Module, args) -> nn.Module:
+    """transformers' Mask2Former on ``backbone`` with the ADE20K recipe's head (150 classes, 100 queries, 9 + 1
+    decoder and 6 encoder layers, hidden 256), as ``configs/seg_ade20k_mask2former.yaml`` builds it."""
+    from focalbench.models.mask2former import Mask2Former
+
+    return Mask2Former(backbone, 150).to(args.device)
+
+
+def mask2former(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
+    model = mask2former_model(backbone, args).eval()
+    return lambda image: model(image[None])
+
+
+def mask2former_train_steps(backbones: dict[str, nn.Module], args) -> dict[str, float]:
+    """Seconds per Mask2Former training step (forward with the loss on 8 random segments, backward, AdamW step) on
+    one ``--seg-size`` square image per backbone, timed in turn; the same head weights for every backbone."""
+    size = (args.seg_size, args.seg_size)
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, *size, device=args.device)
+    masks = [(torch.rand(8, *size, device=args.device) > 0.5).float()]
+    classes = [torch.arange(8, device=args.device)]
+    fns = {}
+    for name, backbone in backbones.items():
+        torch.manual_seed(0)
+        model = mask2former_model(backbone, args).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            model(image, masks, classes).loss.backward()
+            optimizer.step()
+
+        fns[name] = step
+    seconds = interleaved(fns, args)
+    for backbone in backbones.values():
+        backbone.eval()
+    return seconds
+
+
 # Head name -> (backbone, args) -> a function of one 3xHxW image in [0, 1].
 HEADS: dict[str, Callable[[nn.Module, argparse.Namespace], Callable[[torch.Tensor], object]]] = {
     "backbone": bare,
     "mask_rcnn": mask_rcnn,
     "upernet": upernet,
+    "mask2former": mask2former,  # forward; --mask2former-train adds the training step
 }
-
-
-def input_size(head: str, args) -> tuple[int, int]:
-    return (args.seg_size, args.seg_size) if head == "upernet" else tuple(args.size)
 
 
 def main() -> None:
@@ -74,7 +118,8 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=DEFAULT_BACKBONES, help="FocalNet variants or timm names")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--size", nargs=2, type=int, default=[512, 768], metavar=("H", "W"))
-    parser.add_argument("--seg-size", type=int, default=512, help="square input of the UPerNet head")
+    parser.add_argument("--seg-size", type=int, default=512, help="square input of UPerNet and Mask2Former")
+    parser.add_argument("--mask2former-train", action="store_true", help="also time a Mask2Former training step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -97,9 +142,18 @@ def main() -> None:
         size = "x".join(map(str, input_size(head, args)))
         for name, s in seconds.items():
             print(f"{head:<10} {size:>9} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
-        ours = args.backbones[0]
-        for name in args.backbones[1:]:
-            print(f"  {head}: {ours} runs at {seconds[name] / seconds[ours]:.2f}x the speed of {name}")
+        print_ratios(head, seconds, args)
+    if args.mask2former_train:
+        seconds = mask2former_train_steps(backbones, args)
+        for name, s in seconds.items():
+            print(f"{'m2f_train':<10} {args.seg_size:>4}x{args.seg_size:<4} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
+        print_ratios("mask2former train step", seconds, args)
+
+
+def print_ratios(head: str, seconds: dict[str, float], args) -> None:
+    ours = args.backbones[0]
+    for name in args.backbones[1:]:
+        print(f"  {head}: {ours} runs at {seconds[name] / seconds[ours]:.2f}x the speed of {name}")
 
 
 def _inference(run: Callable[[torch.Tensor], object], image: torch.Tensor) -> object:
