@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from focalbench.cli import CONFIG_DIR, main
 
@@ -36,29 +37,52 @@ SEGMENTATION = ["--model.decode_channels", "16", "--model.aux_channels", "8", "-
 CLASSIFICATION = ["--data.image_size", "32"]
 
 
+M2F = [
+    "--model.hidden_dim", "32", "--model.num_queries", "6", "--model.decoder_layers", "2",
+    "--model.encoder_layers", "1", "--model.num_attention_heads", "2", "--model.dim_feedforward", "32",
+    "--model.encoder_feedforward_dim", "32", "--model.train_num_points", "64", "--data.image_size", "64",
+]  # fmt: skip
+HEADS = {
+    "ClassificationTask": CLASSIFICATION,
+    "SegmentationTask": SEGMENTATION,
+    "DetectionTask": DETECTION,
+    "Mask2FormerTask": M2F,
+}
+
+
+def config_of(name: str) -> dict:
+    return yaml.safe_load((CONFIG_DIR / name).read_text())
+
+
 @pytest.fixture
 def data_args(tmp_path: Path, image_folder: Path):
-    """Extra arguments per config: the data (the demo data where the config uses it) and small heads."""
+    """Extra arguments per config: its task's small heads, and test data in the layout the config reads (the demo
+    data where the config uses it)."""
 
     def args(config: str) -> list[str]:
-        if config.startswith("demo_"):
-            task = {"demo_cls": CLASSIFICATION, "demo_seg": SEGMENTATION, "demo_det": DETECTION}[config[:-5]]
-            return task
-        if config.startswith("cls_"):
-            return ["--data.root", str(image_folder), "--data.dataset", "null", *CLASSIFICATION]
-        if config.startswith("seg_"):
-            ade = _load(HERE / "test_segmentation.py", "segmentation_tests")
-            sizes = {"training": [(40, 48)] * 4, "validation": [(40, 48), (36, 52)]}
-            root = ade.write_ade_folder(tmp_path / "ADEChallengeData2016", sizes)
-            labels = ["--data.benchmark", "ade20k"]  # the ADE layout's 150 classes, also for seg_custom.yaml
-            data = ["--data.root", str(root), "--data.dataset", "null", *labels]
-            return [*data, "--model.test_scale", "[64, 32]", *SEGMENTATION]
-        if config.startswith("det_"):
+        cfg = config_of(config)
+        task = cfg["model"]["class_path"].rsplit(".", 1)[1]
+        data = cfg["data"]["init_args"]
+        heads = HEADS[task]
+        if data.get("root") == "demo":
+            return heads
+        if task == "ClassificationTask":
+            return ["--data.root", str(image_folder), "--data.dataset", "null", *heads]
+        if task in ("DetectionTask", "DINOTask") or cfg["model"]["init_args"].get("mode") == "instance":
             coco = _load(HERE.parent / "data" / "test_detection.py", "detection_data_helpers")
             coco.write_coco(tmp_path / "coco", "train", 4, seed=0, suffix="2017")
             coco.write_coco(tmp_path / "coco", "val", 3, seed=1, suffix="2017")
-            return ["--data.root", str(tmp_path / "coco"), *DETECTION]
-        raise AssertionError(f"no test data for {config}: add it here")
+            return ["--data.root", str(tmp_path / "coco"), *heads]
+        if cfg["model"]["init_args"].get("mode") == "panoptic":
+            panoptic = _load(HERE / "test_mask2former.py", "mask2former_tests")
+            root = panoptic.write_panoptic(tmp_path / "panoptic")
+            return ["--data.root", str(root), "--data.dataset", "null", "--model.test_scale", "null", *heads]
+        ade = _load(HERE / "test_segmentation.py", "segmentation_tests")
+        sizes = {"training": [(40, 48)] * 4, "validation": [(40, 48), (36, 52)]}
+        root = ade.write_ade_folder(tmp_path / "ADEChallengeData2016", sizes)
+        labels = ["--data.benchmark", "ade20k"]  # the ADE layout's 150 classes, also for seg_custom.yaml
+        data = ["--data.root", str(root), "--data.dataset", "null", *labels]
+        return [*data, "--model.test_scale", "[64, 32]", *heads]
 
     return args
 
