@@ -29,6 +29,7 @@ from focalbench.data.coco import (
     objects_records,
     read_coco_json,
 )
+from focalbench.data.det_transforms import detr_crop_branch
 from focalbench.data.images import read_rgb
 from focalbench.data.sources import DataSourceError, _is_saved_dataset, load_source, require_columns, train_val_splits
 from focalbench.data.transforms import SeededTransform
@@ -158,6 +159,9 @@ class DetectionDataModule(BaseDataModule):
         class_names: names for integer categories without a ``ClassLabel`` feature.
         with_masks: decode instance masks (polygons, RLE; a box-filled mask where an annotation has none).
         hflip: horizontal flip probability (the paper's recipes: 0.5).
+        detr_crop: probability of DETR's crop branch (DINO, Deformable DETR: 0.5): the shorter side to one of
+            ``detr_crop_resize``, then a random crop of ``detr_crop_size`` (min, max) pixels per side; the detector
+            then resizes as for every image (:mod:`focalbench.data.det_transforms`).
         drop_empty_boxes: drop boxes of zero width or height with a warning instead of stopping.
     """
 
@@ -190,6 +194,9 @@ class DetectionDataModule(BaseDataModule):
         crop_scale: tuple[float, float] | None = None,
         min_box_area: float = 1.0,
         drop_empty_boxes: bool = False,
+        detr_crop: float = 0.0,
+        detr_crop_resize: Sequence[int] = (400, 500, 600),
+        detr_crop_size: tuple[int, int] = (384, 600),
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
         self.names = {"train": (train_annotations, train_images), "val": (val_annotations, val_images)}
@@ -207,6 +214,9 @@ class DetectionDataModule(BaseDataModule):
         self.crop_scale = crop_scale
         self.min_box_area = min_box_area
         self.drop_empty_boxes = drop_empty_boxes
+        self.detr_crop = detr_crop
+        self.detr_crop_resize = list(detr_crop_resize)
+        self.detr_crop_size = tuple(detr_crop_size)
 
     # ------------------------------------------------------------------ the data
     @cached_property
@@ -340,8 +350,11 @@ class DetectionDataModule(BaseDataModule):
         return self._loader(dataset, train=False, collate_fn=collate_lists)
 
     def train_transform(self) -> SeededTransform:
-        """Optional random-resized crop to ``image_size``, horizontal flip; boxes, masks and ids follow."""
+        """Optional random-resized crop to ``image_size`` or DETR's crop branch, horizontal flip; boxes, masks and ids
+        follow."""
         steps: list[A.BasicTransform] = []
+        if self.detr_crop > 0:
+            steps.append(detr_crop_branch(self.detr_crop, self.detr_crop_resize, self.detr_crop_size))
         if self.crop_scale is not None:
             steps.append(A.RandomResizedCrop(size=(self.image_size, self.image_size), scale=tuple(self.crop_scale)))
         steps.append(A.HorizontalFlip(p=self.hflip))

@@ -45,11 +45,14 @@ from focalbench.models.dino.query_selection import MixedQuerySelection
 
 
 def projection(in_channels: int, hidden_dim: int, kernel_size: int = 1, stride: int = 1) -> nn.Sequential:
-    """Convolution to the transformer's width + GroupNorm (32 groups where the width allows), as DINO's input_proj."""
+    """Convolution to the transformer's width + GroupNorm, as DINO's input_proj: 32 groups, or for narrow test
+    widths the most groups of at least 2 channels (a 1×1 stride-64 map of one image leaves nothing to normalise
+    in a 1-channel group)."""
     conv = nn.Conv2d(in_channels, hidden_dim, kernel_size, stride=stride, padding=kernel_size // 2)
     nn.init.xavier_uniform_(conv.weight)
     nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, nn.GroupNorm(min(32, hidden_dim), hidden_dim))
+    groups = next(g for g in range(max(1, min(32, hidden_dim // 2)), 0, -1) if hidden_dim % g == 0)
+    return nn.Sequential(conv, nn.GroupNorm(groups, hidden_dim))
 
 
 class DINO(nn.Module):
@@ -129,7 +132,7 @@ class DINO(nn.Module):
         self.input_proj = nn.ModuleList([projection(channels[i], hidden_dim) for i in self.levels])
         self.input_proj.append(projection(channels[-1], hidden_dim, kernel_size=3, stride=2))
         self.position_embedding = DeformableDetrSinePositionEmbedding(hidden_dim // 2, temperature=20, normalize=True)
-        self.level_embed = nn.Parameter(torch.randn(num_levels, hidden_dim))
+        self.level_embed = nn.Embedding(num_levels, hidden_dim)  # normal(0, 1) init, as DINO's
         self.encoder = DeformableDetrEncoder(self.config)
         self.query_selection = MixedQuerySelection(hidden_dim, num_classes, num_queries)
         heads = MixedQuerySelection(hidden_dim, num_classes, 1)  # fresh decoder heads with the same initialisation
@@ -194,7 +197,7 @@ class DINO(nn.Module):
         pos = torch.cat(
             [
                 self.position_embedding(s.shape, s.device, s.dtype, mask=m).flatten(2).transpose(1, 2) + embed
-                for s, m, embed in zip(sources, masks, self.level_embed)
+                for s, m, embed in zip(sources, masks, self.level_embed.weight)
             ],
             1,
         )
