@@ -41,7 +41,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from focalbench.models.detection import default_normalization
 from focalbench.models.dino.decoder import DINODecoder
 from focalbench.models.dino.denoising import contrastive_denoising
-from focalbench.models.dino.query_selection import MixedQuerySelection
+from focalbench.models.dino.query_selection import MixedQuerySelection, box_head, class_head
 
 
 def projection(in_channels: int, hidden_dim: int, kernel_size: int = 1, stride: int = 1) -> nn.Sequential:
@@ -99,8 +99,11 @@ class DINO(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.num_select = num_select
-        self.dn = {"num_dn_queries": num_dn_queries, "label_noise_ratio": label_noise_ratio}
-        self.dn["box_noise_scale"] = box_noise_scale
+        self.dn = {
+            "num_dn_queries": num_dn_queries,
+            "label_noise_ratio": label_noise_ratio,
+            "box_noise_scale": box_noise_scale,
+        }
         mean, std = default_normalization(backbone)
         self.transform = GeneralizedRCNNTransform(
             tuple(min_size) if isinstance(min_size, Sequence) else min_size,
@@ -135,8 +138,7 @@ class DINO(nn.Module):
         self.level_embed = nn.Embedding(num_levels, hidden_dim)  # normal(0, 1) init, as DINO's
         self.encoder = DeformableDetrEncoder(self.config)
         self.query_selection = MixedQuerySelection(hidden_dim, num_classes, num_queries)
-        heads = MixedQuerySelection(hidden_dim, num_classes, 1)  # fresh decoder heads with the same initialisation
-        self.decoder = DINODecoder(self.config, heads.class_head, heads.box_head)
+        self.decoder = DINODecoder(self.config, class_head(hidden_dim, num_classes), box_head(hidden_dim))
         self.label_embedding = nn.Embedding(num_classes + 1, hidden_dim)  # CDN labels; the last row: padding
 
     # Hugging Face's valid (unpadded) fraction of each level's width and height; it reads nothing from ``self``.
