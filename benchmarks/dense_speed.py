@@ -3,17 +3,21 @@
     python benchmarks/dense_speed.py          # CPU, 2 threads: Mask R-CNN on one 512x768 image, UPerNet on 512x512
     python benchmarks/dense_speed.py --device cuda --size 800 1216 --threads 16
     python benchmarks/dense_speed.py --backbones focalnet_tiny_lrf swin_tiny_patch4_window7_224 convnext_tiny
+    python benchmarks/dense_speed.py --heads mask_rcnn dino --size 800 1216 --train   # + a train step each
     python benchmarks/dense_speed.py --backbones focalnet_tiny_lrf swin_tiny_patch4_window7_224 \
-        --heads mask2former --mask2former-train          # Mask2Former at 512x512: forward and training step
+        --heads mask2former --train          # Mask2Former at 512x512: forward and training step
 
 Each backbone comes from :func:`build_backbone` (FocalNet variants with ``focal_windows=9``, the paper's dense-task
 setting; timm models with ``features_only``, Swin with ``dynamic_img_size`` since timm's Swin otherwise accepts only
 its 224 px training size) and runs under every entry of ``HEADS``: the bare backbone and torchvision's Mask R-CNN +
 FPN (eval, 81 classes, ``box_score_thresh=0`` so that random weights still keep the full 100 detections per image
 and every model pays for the same mask head) on ``--size``, and UPerNet (150 classes, 512 channels, as for ADE20K)
-on a ``--seg-size`` square, and transformers' Mask2Former with the ADE20K recipe's head (150 classes, 100 queries,
-10 decoder / 6 encoder layers) on the same square, forward and (``--mask2former-train``) a training step. Random
-weights, fp32, ``inference_mode``. Each figure is the median
+on a ``--seg-size`` square, transformers' Mask2Former with the ADE20K recipe's head (150 classes, 100 queries,
+10 decoder / 6 encoder layers) on the same square, and DINO-4scale (:mod:`focalbench.models.dino`: 900 queries,
+6 + 6 layers, 80 classes, top-300 post-processing) on ``--size``. With ``--train``, the detectors and Mask2Former
+also time one training step (forward with losses, backward, AdamW) on one image with 10 fixed boxes (Mask2Former: 8
+fixed random segments); DINO's includes its 100 denoising queries. Random weights, fp32, ``inference_mode`` for the
+forward. Each figure is the median
 of ``--repeats`` timed runs after ``--warmup`` untimed ones, the models timed in turn within each round so a change
 of machine load hits all of them alike. The ratios divide the first backbone's speed (img/s) by each other's.
 """
@@ -29,6 +33,7 @@ from torch import nn
 
 from focalbench.models import VARIANTS, build_backbone
 from focalbench.models.detection import build_mask_rcnn
+from focalbench.models.dino import DINO, DINOCriterion
 from focalbench.models.heads import UPerNet
 
 DEFAULT_BACKBONES = ["focalnet_tiny_srf", "swin_tiny_patch4_window7_224"]
@@ -78,30 +83,14 @@ def mask2former(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
     return lambda image: model(image[None])
 
 
-def mask2former_train_steps(backbones: dict[str, nn.Module], args) -> dict[str, float]:
-    """Seconds per Mask2Former training step (forward with the loss on 8 random segments, backward, AdamW step) on
-    one ``--seg-size`` square image per backbone, timed in turn; the same head weights for every backbone."""
-    size = (args.seg_size, args.seg_size)
-    torch.manual_seed(0)
-    image = torch.rand(1, 3, *size, device=args.device)
-    masks = [(torch.rand(8, *size, device=args.device) > 0.5).float()]
-    classes = [torch.arange(8, device=args.device)]
-    fns = {}
-    for name, backbone in backbones.items():
-        torch.manual_seed(0)
-        model = mask2former_model(backbone, args).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def dino(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
+    model = dino_model(backbone, args).eval()
+    return lambda image: model.postprocess(model(*model.preprocess([image])[:2]), [image.shape[-2:]])
 
-        def step(model=model, optimizer=optimizer) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            model(image, masks, classes).loss.backward()
-            optimizer.step()
 
-        fns[name] = step
-    seconds = interleaved(fns, args)
-    for backbone in backbones.values():
-        backbone.eval()
-    return seconds
+def dino_model(backbone: nn.Module, args) -> DINO:
+    height, width = args.size
+    return DINO(backbone, 80, min_size=min(height, width), max_size=max(height, width)).to(args.device)
 
 
 # Head name -> (backbone, args) -> a function of one 3xHxW image in [0, 1].
@@ -109,7 +98,66 @@ HEADS: dict[str, Callable[[nn.Module, argparse.Namespace], Callable[[torch.Tenso
     "backbone": bare,
     "mask_rcnn": mask_rcnn,
     "upernet": upernet,
-    "mask2former": mask2former,  # forward; --mask2former-train adds the training step
+    "mask2former": mask2former,
+    "dino": dino,
+}
+
+
+def fixed_target(image: torch.Tensor, count: int = 10) -> dict[str, torch.Tensor]:
+    """``count`` boxes spread over the image (xyxy pixels), labels 1..count, box-filled masks."""
+    height, width = image.shape[-2:]
+    generator = torch.Generator().manual_seed(0)
+    corner = torch.rand(count, 2, generator=generator) * 0.7
+    size = 0.05 + torch.rand(count, 2, generator=generator) * 0.25
+    scale = torch.tensor([width, height, width, height])
+    boxes = (torch.cat([corner, corner + size], 1) * scale).round()
+    masks = torch.zeros(count, height, width, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+        mask[y1:y2, x1:x2] = 1
+    target = {"boxes": boxes, "labels": torch.arange(1, count + 1), "masks": masks}
+    return {k: v.to(image.device) for k, v in target.items()}
+
+
+def mask_rcnn_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], None]:
+    height, width = args.size
+    model = build_mask_rcnn(backbone, 81, min_size=min(height, width), max_size=max(height, width)).to(args.device)
+    return optimizer_step(model.train(), lambda image: sum(model([image], [fixed_target(image)]).values()))
+
+
+def dino_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], None]:
+    model, criterion = dino_model(backbone, args).train(), DINOCriterion(80)
+
+    def loss(image: torch.Tensor) -> torch.Tensor:
+        pixels, valid, targets = model.preprocess([image], [fixed_target(image)])
+        return sum(criterion(model(pixels, valid, targets), targets).values())
+
+    return optimizer_step(model, loss)
+
+
+def mask2former_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], None]:
+    model = mask2former_model(backbone, args).train()
+    generator = torch.Generator().manual_seed(0)
+    masks = [(torch.rand(8, args.seg_size, args.seg_size, generator=generator) > 0.5).float().to(args.device)]
+    classes = [torch.arange(8, device=args.device)]
+    return optimizer_step(model, lambda image: model(image[None], masks, classes).loss)
+
+
+def optimizer_step(model: nn.Module, loss: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(image: torch.Tensor) -> None:
+        loss(image).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+# Head name -> (backbone, args) -> one training step on one 3xHxW image (``--train``).
+TRAIN_STEPS: dict[str, Callable[[nn.Module, argparse.Namespace], Callable[[torch.Tensor], None]]] = {
+    "mask_rcnn": mask_rcnn_train,
+    "mask2former": mask2former_train,
+    "dino": dino_train,
 }
 
 
@@ -119,11 +167,11 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--size", nargs=2, type=int, default=[512, 768], metavar=("H", "W"))
     parser.add_argument("--seg-size", type=int, default=512, help="square input of UPerNet and Mask2Former")
-    parser.add_argument("--mask2former-train", action="store_true", help="also time a Mask2Former training step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train", action="store_true", help="also time a training step of " + ", ".join(TRAIN_STEPS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -140,17 +188,18 @@ def main() -> None:
             fns[name] = lambda run=HEADS[head](backbone, args), image=images[head]: _inference(run, image)
         seconds = interleaved(fns, args)
         size = "x".join(map(str, input_size(head, args)))
-        for name, s in seconds.items():
-            print(f"{head:<10} {size:>9} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
-        print_ratios(head, seconds, args)
-    if args.mask2former_train:
-        seconds = mask2former_train_steps(backbones, args)
-        for name, s in seconds.items():
-            print(f"{'m2f_train':<10} {args.seg_size:>4}x{args.seg_size:<4} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
-        print_ratios("mask2former train step", seconds, args)
+        report(head, size, seconds, args)
+        if args.train and head in TRAIN_STEPS:
+            steps = {}
+            for name, backbone in backbones.items():
+                torch.manual_seed(0)
+                steps[name] = lambda run=TRAIN_STEPS[head](backbone, args), image=images[head]: run(image)
+            report(f"{head}-train", size, interleaved(steps, args), args)
 
 
-def print_ratios(head: str, seconds: dict[str, float], args) -> None:
+def report(head: str, size: str, seconds: dict[str, float], args) -> None:
+    for name, s in seconds.items():
+        print(f"{head:<10} {size:>9} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
     ours = args.backbones[0]
     for name in args.backbones[1:]:
         print(f"  {head}: {ours} runs at {seconds[name] / seconds[ours]:.2f}x the speed of {name}")

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mask2former_forward_and_train_step_ratios():
     command = [
         sys.executable, "benchmarks/dense_speed.py", "--backbones", "focalnet_tiny_lrf", "resnet18",
-        "--heads", "mask2former", "--mask2former-train", "--seg-size", "64", "--threads", "1",
+        "--heads", "mask2former", "--train", "--seg-size", "64", "--threads", "1",
         "--warmup", "0", "--repeats", "1",
     ]  # fmt: skip
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "mask2former: focalnet_tiny_lrf runs at" in run.stdout
-    assert "mask2former train step: focalnet_tiny_lrf runs at" in run.stdout
+    assert "mask2former-train: focalnet_tiny_lrf runs at" in run.stdout

@@ -29,6 +29,7 @@ from focalbench.data.coco import (
     objects_records,
     read_coco_json,
 )
+from focalbench.data.det_transforms import detr_crop_branch
 from focalbench.data.images import read_rgb
 from focalbench.data.sources import (
     DataSourceError,
@@ -175,6 +176,9 @@ class DetectionDataModule(BaseDataModule):
         class_names: names for integer categories without a ``ClassLabel`` feature.
         with_masks: decode instance masks (polygons, RLE; a box-filled mask where an annotation has none).
         hflip: horizontal flip probability (the paper's recipes: 0.5).
+        detr_crop: probability of DETR's crop branch (DINO, Deformable DETR: 0.5): the shorter side to one of
+            ``detr_crop_resize``, then a random crop of ``detr_crop_size`` (min, max) pixels per side; the detector
+            then resizes as for every image (:mod:`focalbench.data.det_transforms`).
         drop_empty_boxes: drop boxes of zero width or height with a warning instead of stopping.
         skip_corrupt: ``predict`` leaves unreadable images out (named in the log and in ``skipped.txt``) instead of
             stopping at the first; training and evaluation data are not filtered (a bad file stops the run).
@@ -210,6 +214,9 @@ class DetectionDataModule(BaseDataModule):
         min_box_area: float = 1.0,
         drop_empty_boxes: bool = False,
         skip_corrupt: bool = False,
+        detr_crop: float = 0.0,
+        detr_crop_resize: Sequence[int] = (400, 500, 600),
+        detr_crop_size: tuple[int, int] = (384, 600),
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
         self.names = {
@@ -232,6 +239,9 @@ class DetectionDataModule(BaseDataModule):
         self.min_box_area = min_box_area
         self.drop_empty_boxes = drop_empty_boxes
         self.skip_corrupt = skip_corrupt
+        self.detr_crop = detr_crop
+        self.detr_crop_resize = list(detr_crop_resize)
+        self.detr_crop_size = tuple(detr_crop_size)
 
     # ------------------------------------------------------------------ the data
     @cached_property
@@ -380,8 +390,11 @@ class DetectionDataModule(BaseDataModule):
         return self._loader(self.predict_set(PredictImages, image_ids=self.image_ids), False, collate_lists)
 
     def train_transform(self) -> SeededTransform:
-        """Optional random-resized crop to ``image_size``, horizontal flip; boxes, masks and ids follow."""
+        """Optional random-resized crop to ``image_size`` or DETR's crop branch, horizontal flip; boxes, masks and ids
+        follow."""
         steps: list[A.BasicTransform] = []
+        if self.detr_crop > 0:
+            steps.append(detr_crop_branch(self.detr_crop, self.detr_crop_resize, self.detr_crop_size))
         if self.crop_scale is not None:
             steps.append(A.RandomResizedCrop(size=(self.image_size, self.image_size), scale=tuple(self.crop_scale)))
         steps.append(A.HorizontalFlip(p=self.hflip))

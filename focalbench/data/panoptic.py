@@ -39,6 +39,7 @@ from focalbench.data.seg_transforms import CatMaxRatioCrop, RescaleToRange, segm
 from focalbench.data.segmentation import collate_list
 from focalbench.data.sources import DataSourceError
 from focalbench.data.transforms import SeededTransform
+from focalbench.errors import ConfigError
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
@@ -339,7 +340,7 @@ class PanopticDataModule(BaseDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_root is None:
-            raise ValueError("predict needs data.predict_root: a folder of images")
+            raise ConfigError("predict needs data.predict_root: a folder of images")
         return self._loader(ImageFolderForPredict(self.predict_root, self.eval_transform()), False, collate_list)
 
     def train_transform(self) -> Callable:

@@ -19,6 +19,8 @@ from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
 from transformers.modeling_outputs import BackboneOutput
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
 
+from focalbench.errors import ConfigError
+
 
 class BackboneEncoder(nn.Module):
     """A dense backbone (``forward(x) -> list[Tensor]``, ``out_channels``, ``strides``) as the encoder Mask2Former's
@@ -27,7 +29,7 @@ class BackboneEncoder(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         if len(backbone.out_channels) != 4:
-            raise ValueError(f"Mask2Former needs four backbone levels (strides 4..32), got {backbone.strides}")
+            raise ConfigError(f"Mask2Former needs four backbone levels (strides 4..32), got {backbone.strides}")
         self.backbone = backbone
         self.channels = list(backbone.out_channels)
 
@@ -68,7 +70,7 @@ def build_mask2former(
     heads = num_attention_heads
     if hidden_dim % heads or hidden_dim % 32:
         # the pixel decoder normalises with GroupNorm(32 groups)
-        raise ValueError(f"hidden_dim {hidden_dim} must be a multiple of 32 and of num_attention_heads {heads}")
+        raise ConfigError(f"hidden_dim {hidden_dim} must be a multiple of 32 and of num_attention_heads {heads}")
     strides = [int(s) for s in getattr(backbone, "strides", (4, 8, 16, 32))]
     config = Mask2FormerConfig(
         # a minimal stand-in, replaced below: the config needs a backbone to build the model once

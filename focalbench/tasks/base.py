@@ -51,6 +51,7 @@ class BaseTask(LightningModule):
         frozen_stages: freeze the stem and the first N stages (timm's coarse parameter groups, which count a
             stage's downsampling with the next stage; FocalNet and timm backbones alike).
         layer_decay: layer-wise lr decay (e.g. 0.9); None = same lr everywhere.
+        backbone_lr_mult: the backbone's lr relative to the heads' (0.1 in the Mask2Former and DINO recipes).
         optimizer: the optimizer class and its arguments (``torch.optim.AdamW`` by default); it receives the groups.
         schedule: lr decay after warm-up, stepped every optimizer step.
         warmup_epochs / warmup_steps: linear warm-up length (steps win when both are set).
@@ -71,6 +72,7 @@ class BaseTask(LightningModule):
         freeze_backbone: bool = False,
         frozen_stages: int = 0,
         layer_decay: float | None = None,
+        backbone_lr_mult: float = 1.0,
         optimizer: OptimizerCallable = default_optimizer,
         schedule: Schedule = "cosine",
         warmup_epochs: float = 0.0,
@@ -245,6 +247,12 @@ class BaseTask(LightningModule):
 
     def configure_optimizers(self) -> dict:
         groups = param_groups(self.backbone_module(), self.head_modules(), self.hparams.layer_decay)
+        if self.hparams.backbone_lr_mult != 1.0:
+            heads = {id(p) for head in self.head_modules() for p in head.parameters()}
+            backbone = {id(p) for p in self.backbone_module().parameters()} - heads
+            for group in groups:  # groups are all-backbone or all-head (param_groups keeps them apart)
+                if id(group["params"][0]) in backbone:
+                    group["lr_scale"] = group.get("lr_scale", 1.0) * self.hparams.backbone_lr_mult
         optimizer = self.optimizer(groups)
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.pop("lr_scale", 1.0)

@@ -140,7 +140,7 @@ class Mask2FormerTask(BaseTask):
         thing_classes: Sequence[str] | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(backbone_lr_mult=backbone_lr_mult, **kwargs)
         # post-processing only: building it reads no files
         self.processor = Mask2FormerImageProcessor()
 
@@ -213,24 +213,6 @@ class Mask2FormerTask(BaseTask):
     @property
     def prediction_writer(self) -> str:
         return WRITERS[self.hparams.mode]
-
-    def configure_optimizers(self) -> dict:
-        """BaseTask's groups and schedule, the backbone's groups at ``backbone_lr_mult`` × the lr (BaseTask turns a
-        group's ``lr_scale`` into its lr, as for layer decay)."""
-        backbone = {id(p) for p in self.backbone_module().parameters()}
-        make, mult = self.optimizer, self.hparams.backbone_lr_mult
-
-        def scaled(groups: list[dict]) -> torch.optim.Optimizer:
-            for group in groups:
-                if any(id(p) in backbone for p in group["params"]):
-                    group["lr_scale"] = group.get("lr_scale", 1.0) * mult
-            return make(groups)
-
-        self.optimizer = scaled
-        try:
-            return super().configure_optimizers()
-        finally:
-            self.optimizer = make
 
     # ------------------------------------------------------------------ inputs and targets
     def _normalise(self, image: Tensor) -> Tensor:
