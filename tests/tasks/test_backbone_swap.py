@@ -42,11 +42,18 @@ M2F = [
     "--model.encoder_layers", "1", "--model.num_attention_heads", "2", "--model.dim_feedforward", "32",
     "--model.encoder_feedforward_dim", "32", "--model.train_num_points", "64", "--data.image_size", "64",
 ]  # fmt: skip
+DINO = [
+    "--model.hidden_dim", "32", "--model.encoder_layers", "1", "--model.decoder_layers", "2",
+    "--model.num_heads", "4", "--model.ffn_dim", "64", "--model.num_points", "2", "--model.num_queries", "30",
+    "--model.num_dn_queries", "10", "--model.min_size", "[48, 64]", "--model.max_size", "64",
+    "--model.num_select", "50",
+]  # fmt: skip
 HEADS = {
     "ClassificationTask": CLASSIFICATION,
     "SegmentationTask": SEGMENTATION,
     "DetectionTask": DETECTION,
     "Mask2FormerTask": M2F,
+    "DINOTask": DINO,
 }
 
 
