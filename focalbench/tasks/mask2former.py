@@ -99,7 +99,8 @@ class Mask2FormerTask(BaseTask):
     - ``panoptic`` (:class:`~focalbench.data.panoptic.PanopticDataModule`): one mask per non-crowd segment;
       ``post_process_panoptic_segmentation`` with ``object_mask_threshold`` 0.8 and ``overlap_threshold`` 0.8, stuff
       classes fused per image; PQ, SQ, RQ (all / things / stuff, per class) as the COCO panoptic evaluation
-      (:class:`PanopticQuality`).
+      (:class:`PanopticQuality`). Unlike the reference ``panoptic_inference``, transformers keeps a segment only
+      where score x mask probability reaches 0.5 and gives every pixel to a segment (no predicted void); left as is.
     - ``instance`` (:class:`~focalbench.data.detection.DetectionDataModule`, 0..1 images normalised here): one mask
       per non-crowd instance; Mask2Former's instance inference (:func:`instance_inference`); COCO box and mask AP
       (boxes from the masks).

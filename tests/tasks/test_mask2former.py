@@ -318,3 +318,14 @@ def test_tensorboard_gets_panoptic_overlays_pq_per_class_and_checkpoints(tmp_pat
     tags = accumulator.Tags()
     assert {"val/panoptic", "val/class_pq"} <= set(tags["images"])
     assert {"train_loss", "val_PQ", "val_PQ_things", "val_PQ_stuff", "val_SQ", "val_RQ"} <= set(tags["scalars"])
+
+
+def test_demo_config_runs_on_the_embedded_panoptic_scenes(tmp_path):
+    cli = run(
+        "fit", "--config", "demo_panoptic.yaml", "--trainer.fast_dev_run", "true", "--data.num_workers", "0",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert cli.datamodule.class_names == ["circle", "square", "star", "triangle", "sky", "ground"]
+    assert cli.model.val_metric.things.tolist() == THINGS
+    assert len(cli.datamodule.train_set) == 400 and len(cli.datamodule.val_set) == 60
+    assert torch.isfinite(cli.trainer.callback_metrics["val_PQ"])
