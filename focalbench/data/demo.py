@@ -41,13 +41,15 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-VERSION = "demo-v1"
+VERSION = "demo-v2"  # v2: 4000 classification training images (v1: 1000)
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "star", "triangle")  # sorted, as image folders order them
 SEGMENTATION_CLASSES: tuple[str, ...] = ("background", *SHAPE_CLASSES)
 SPLITS: tuple[str, ...] = ("train", "val")
 TASKS: tuple[str, ...] = ("classification", "segmentation", "detection")
 MANIFEST = "manifest.json"
-DEFAULT_NUM_TRAIN = 1000  # per task: 250 images per class for classification
+# Training images per task. Classification gets 4000 (1000 a class): with 1000 the tiny demo FocalNet fits its
+# training set and stays near 0.6 val top-1; with 4000 it reaches 0.9 in a similar number of steps.
+DEFAULT_NUM_TRAIN = {"classification": 4000, "segmentation": 1000, "detection": 1000}
 DEFAULT_NUM_VAL = 200
 DETECTION_EMPTY_EVERY = 20  # detection images 0, 20, 40, … are background only
 
@@ -251,14 +253,17 @@ def generate_demo(
     root: str | os.PathLike,
     *,
     image_size: int = 64,
-    num_train: int = DEFAULT_NUM_TRAIN,
+    num_train: int | None = None,
     num_val: int = DEFAULT_NUM_VAL,
     seed: int = 0,
 ) -> Path:
     """Write the demo data for all three tasks under ``root`` (``num_train`` / ``num_val`` images per task and
-    split; classification spreads them evenly over the classes). ``manifest.json`` is written last."""
+    split, ``num_train`` by default :data:`DEFAULT_NUM_TRAIN`; classification spreads them evenly over the
+    classes). ``manifest.json`` is written last."""
     root = Path(root)
-    counts = {"train": num_train, "val": num_val}
+    counts = {
+        task: {"train": DEFAULT_NUM_TRAIN[task] if num_train is None else num_train, "val": num_val} for task in TASKS
+    }
     writers = {
         "classification": _write_classification,
         "segmentation": _write_segmentation,
@@ -266,14 +271,14 @@ def generate_demo(
     }
     for task, write in writers.items():
         for split in SPLITS:
-            write(root / task, split, counts[split], image_size, seed)
+            write(root / task, split, counts[task][split], image_size, seed)
     manifest = {
         "version": VERSION,
         "seed": seed,
         "image_size": image_size,
         "shape_classes": list(SHAPE_CLASSES),
         "segmentation_classes": list(SEGMENTATION_CLASSES),
-        "counts": {task: dict(counts) for task in TASKS},
+        "counts": counts,
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return root
