@@ -7,13 +7,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from focalbench.callbacks.predictions import prediction_dir
-from focalbench.callbacks.tensorboard import displayable, log_figure, tensorboard
+from focalbench.callbacks.tensorboard import displayable, log_class_bars, log_figure, tensorboard
 from focalbench.data.panoptic import id_to_rgb
 
 
@@ -127,17 +126,6 @@ class PanopticClassPQ(Callback):
         if trainer.sanity_checking or tensorboard(trainer) is None or not trainer.is_global_zero:
             return
         scores = pl_module.evaluation_results["val"]
-        pq = scores["PQ_class"].cpu()
-        names = pl_module.class_names
-        figure, axis = plt.subplots(figsize=(7, 1 + 0.16 * len(names)))
-        axis.barh(range(len(names)), torch.nan_to_num(pq, nan=0.0).numpy(), color="tab:green")
-        axis.set_yticks(range(len(names)), names, fontsize=max(3, 8 - len(names) // 40))
-        for k in torch.nonzero(pq.isnan()).flatten().tolist():
-            axis.text(0.01, k, "n/a", va="center", fontsize=6, color="grey")
-        axis.invert_yaxis()
-        axis.set_xlim(0, 1)
-        axis.set_xlabel("PQ")
-        axis.set_title(f"PQ {float(scores['PQ']):.4f}  things {float(scores['PQ_things']):.4f}  "
-                       f"stuff {float(scores['PQ_stuff']):.4f}")  # fmt: skip
-        figure.tight_layout()
-        log_figure(trainer, "val/class_pq", figure)
+        title = (f"PQ {float(scores['PQ']):.4f}  things {float(scores['PQ_things']):.4f}  "
+                 f"stuff {float(scores['PQ_stuff']):.4f}")  # fmt: skip
+        log_class_bars(trainer, "val/class_pq", pl_module.class_names, scores["PQ_class"], "PQ", title, "tab:green")

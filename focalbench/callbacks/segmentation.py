@@ -6,13 +6,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.patches import Patch
 from PIL import Image
 
 from focalbench.callbacks.predictions import PredictionWriter, output_name
-from focalbench.callbacks.tensorboard import displayable, image_normalization, log_figure, tensorboard
+from focalbench.callbacks.tensorboard import displayable, image_normalization, log_class_bars, log_figure, tensorboard
 from focalbench.data.seg_transforms import IGNORE_INDEX
 from focalbench.tasks.metrics import segmentation_scores
 
@@ -91,19 +90,8 @@ class SegmentationClassIoU(Callback):
         if trainer.sanity_checking or tensorboard(trainer) is None or not trainer.is_global_zero:
             return
         scores = segmentation_scores(pl_module.evaluation_results["val"]["confusion"])
-        iou = scores["IoU"].cpu()
-        names = pl_module.class_names
-        figure, axis = plt.subplots(figsize=(7, 1 + 0.16 * len(names)))
-        axis.barh(range(len(names)), torch.nan_to_num(iou, nan=0.0).numpy(), color="tab:blue")
-        axis.set_yticks(range(len(names)), names, fontsize=max(3, 8 - len(names) // 40))
-        for k in torch.nonzero(iou.isnan()).flatten().tolist():
-            axis.text(0.01, k, "n/a", va="center", fontsize=6, color="grey")
-        axis.invert_yaxis()
-        axis.set_xlim(0, 1)
-        axis.set_xlabel("IoU")
-        axis.set_title(f"mIoU {float(scores['mIoU']):.4f}  mAcc {float(scores['mAcc']):.4f}")
-        figure.tight_layout()
-        log_figure(trainer, "val/class_iou", figure)
+        title = f"mIoU {float(scores['mIoU']):.4f}  mAcc {float(scores['mAcc']):.4f}"
+        log_class_bars(trainer, "val/class_iou", pl_module.class_names, scores["IoU"], "IoU", title, "tab:blue")
 
 
 class SegmentationMaskWriter(PredictionWriter):

@@ -92,3 +92,21 @@ def _flat(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield from _flat(value, f"{prefix}{key}/")
         else:
             yield f"{prefix}{key}", value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def log_class_bars(
+    trainer: Trainer, tag: str, names: list[str], values: torch.Tensor, label: str, title: str, colour: str
+) -> None:
+    """One horizontal bar per class (values in [0, 1]; NaN, a class with no score, drawn as "n/a") to TensorBoard."""
+    values = values.float().cpu()
+    figure, axis = plt.subplots(figsize=(7, 1 + 0.16 * len(names)))
+    axis.barh(range(len(names)), torch.nan_to_num(values, nan=0.0).numpy(), color=colour)
+    axis.set_yticks(range(len(names)), names, fontsize=max(3, 8 - len(names) // 40))
+    for k in torch.nonzero(values.isnan()).flatten().tolist():
+        axis.text(0.01, k, "n/a", va="center", fontsize=6, color="grey")
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.set_xlabel(label)
+    axis.set_title(title)
+    figure.tight_layout()
+    log_figure(trainer, tag, figure)
