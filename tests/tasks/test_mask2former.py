@@ -326,6 +326,6 @@ def test_demo_config_runs_on_the_embedded_panoptic_scenes(tmp_path):
         "--trainer.default_root_dir", str(tmp_path / "runs"),
     )  # fmt: skip
     assert cli.datamodule.class_names == ["circle", "square", "star", "triangle", "sky", "ground"]
-    assert cli.model.val_metric.things.tolist() == THINGS
+    assert cli.model.stage_metrics("val").things.tolist() == THINGS
     assert len(cli.datamodule.train_set) == 400 and len(cli.datamodule.val_set) == 60
     assert torch.isfinite(cli.trainer.callback_metrics["val_PQ"])
