@@ -172,6 +172,13 @@ class BaseTask(LightningModule):
         for head in self.head_modules():
             head.requires_grad_(True)
 
+    def log_losses(self, losses: dict[str, Tensor], batch_size: int) -> Tensor:
+        """Log each loss as ``train_<name>`` and their sum as ``train_loss`` (progress bar); returns the sum."""
+        loss = sum(losses.values())
+        self.log_dict({f"train_{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
     def train(self, mode: bool = True) -> BaseTask:
         """As ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode: a frozen backbone keeps its running
         statistics too (mmdet's ``norm_eval``), so a linear probe changes nothing but the head."""

@@ -167,24 +167,20 @@ class DetectionTask(BaseTask):
         """Training (with ``targets``): torchvision's loss dict; otherwise detections at the input image sizes."""
         return self.network()(images, targets)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def _require_masks(self, batch: dict) -> None:
         if self.hparams.with_masks and any("masks" not in t for t in batch["target"]):
             raise ConfigError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._require_masks(batch)
         keys = ("boxes", "labels", "masks") if self.hparams.with_masks else ("boxes", "labels")
         targets = [{k: t[k] for k in keys} for t in batch["target"]]
-        losses = self(batch["image"], targets)
-        loss = sum(losses.values())
-        size = len(batch["image"])
-        self.log_dict({f"train_{name}": value for name, value in losses.items()}, batch_size=size)
-        self.log("train_loss", loss, prog_bar=True, batch_size=size)
-        return loss
+        return self.log_losses(self(batch["image"], targets), len(batch["image"]))
 
     def evaluation_step(self, batch: dict, stage: str) -> list[dict]:
+        self._require_masks(batch)
         detections = self(batch["image"])
-        with_masks = self.hparams.with_masks
-        if with_masks and any("masks" not in t for t in batch["target"]):
-            raise ConfigError("the data has no instance masks: set model.with_masks false (Faster R-CNN, boxes only)")
-        metric_input = metric_inputs(detections, batch["target"], with_masks, self.hparams.mask_threshold)
+        metric_input = metric_inputs(detections, batch["target"], self.hparams.with_masks, self.hparams.mask_threshold)
         self.stage_metrics(stage).update(*metric_input)
         return detections  # drawn by the DetectionImages callback
 

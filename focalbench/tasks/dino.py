@@ -120,11 +120,7 @@ class DINOTask(BaseTask):
         groups: dict[str, torch.Tensor] = {}
         for name, value in losses.items():
             groups[loss_group(name)] = groups.get(loss_group(name), 0) + value
-        loss = sum(groups.values())
-        size = len(batch["image"])
-        self.log_dict({f"train_{name}": value for name, value in groups.items()}, batch_size=size)
-        self.log("train_loss", loss, prog_bar=True, batch_size=size)
-        return loss
+        return self.log_losses(groups, len(batch["image"]))
 
     def evaluation_step(self, batch: dict, stage: str) -> list[dict]:
         detections = self.detect(batch["image"])
