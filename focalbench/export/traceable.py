@@ -6,7 +6,8 @@ cannot answer; :func:`traceable_detector` swaps them, while the export runs, for
 thing with tensor operations only:
 
 - ``batched_nms`` chooses between a per-class loop and the coordinate trick by the box count, and the trick returns
-  early when there are no boxes: here always the coordinate trick, as torchvision runs it when tracing for ONNX.
+  early when there are no boxes: here always the coordinate trick, as torchvision runs it when tracing for ONNX
+  (the same boxes kept, but where an IoU lies within the rounding of the offset coordinates of the threshold).
 - ``_multiscale_roi_align`` sizes its output with ``len(rois)``: here with ``rois.shape[0]``.
 - ``paste_masks_in_image`` resizes each detection's 28×28 mask to its box one by one: here all at once, with the
   bilinear weights ``F.interpolate`` uses (within 2e-7 of torchvision's masks in the tests).
@@ -14,6 +15,7 @@ thing with tensor operations only:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -105,7 +107,10 @@ def traceable_detector() -> Iterator[None]:
     for module, name, replacement in swaps:
         setattr(module, name, replacement)
     try:
-        yield
+        with warnings.catch_warnings():
+            # torchvision's fake nms kernel still calls the deprecated name of torch's unbacked-size API
+            warnings.filterwarnings("ignore", "`create_unbacked_symint` is deprecated", FutureWarning)
+            yield
     finally:
         for (module, name, _), original in zip(swaps, originals):
             setattr(module, name, original)
