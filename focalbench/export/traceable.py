@@ -83,14 +83,14 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int
     x0, y0, x1, y1 = boxes.unbind(1)
     in_y, top, bottom, w_top, w_bottom = _bilinear_axis(img_shape[0], y0, y1, size)
     in_x, left, right, w_left, w_right = _bilinear_axis(img_shape[1], x0, x1, size)
-    n = torch.arange(masks.shape[0], device=masks.device)[:, None, None]
-
-    def at(rows: Tensor, columns: Tensor) -> Tensor:  # (N, H, W): each pixel's mask value at (row, column)
-        return masks[n, rows[:, :, None], columns[:, None, :]]
-
-    w_left, w_right = w_left[:, None, :], w_right[:, None, :]
-    pasted = w_top[:, :, None] * (w_left * at(top, left) + w_right * at(top, right)) + w_bottom[:, :, None] * (
-        w_left * at(bottom, left) + w_right * at(bottom, right)
+    # blend columns first (N, M, W), then rows (N, H, W): F.interpolate's order, and small intermediates
+    columns = -1, masks.shape[1], -1
+    across = w_left[:, None, :] * masks.gather(2, left[:, None, :].expand(*columns)) + w_right[:, None, :] * (
+        masks.gather(2, right[:, None, :].expand(*columns))
+    )
+    rows = -1, -1, across.shape[2]
+    pasted = w_top[:, :, None] * across.gather(1, top[:, :, None].expand(*rows)) + w_bottom[:, :, None] * (
+        across.gather(1, bottom[:, :, None].expand(*rows))
     )
     return torch.where(in_y[:, :, None] & in_x[:, None, :], pasted, 0.0)[:, None]
 
