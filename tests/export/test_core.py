@@ -37,4 +37,3 @@ def test_check_close_allows_a_relative_error_for_pixel_coordinates():
         check_close("x", got, want, atol=1e-4)  # without it, the same difference fails
     with pytest.raises(ExportError, match=r"by 2\.00e-04 \(tolerance 1e-04 \+ 1e-06 × \|value\|\)"):
         check_close("x", [torch.tensor([1333.0, 2.0 + 2e-4])], want, atol=1e-4, rtol=1e-6)  # small values: atol
-
