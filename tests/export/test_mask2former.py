@@ -3,6 +3,7 @@ and the post-processing the model card names, applied to the exported outputs, g
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -31,6 +32,17 @@ def datamodule(size: int = 64) -> SimpleNamespace:
     return SimpleNamespace(image_size=size)
 
 
+def checked_per_image(task, images, class_logits, mask_logits, atol: float) -> Iterator[tuple]:
+    """Per image, the exported outputs (as the post-processing takes them) after checking them against the task's
+    own ``predict_image``."""
+    for i, image in enumerate(images):
+        got = SimpleNamespace(class_queries_logits=class_logits[i : i + 1], masks_queries_logits=mask_logits[i : i + 1])
+        want = task.predict_image(image)
+        torch.testing.assert_close(got.class_queries_logits, want.class_queries_logits, rtol=0, atol=atol)
+        torch.testing.assert_close(got.masks_queries_logits, want.masks_queries_logits, rtol=0, atol=atol)
+        yield image, got
+
+
 @pytest.mark.slow  # torch.export of the pixel decoder and transformer decoder: about 30 s on the 2-core CPU
 def test_torch_export_and_the_semantic_post_processing_give_the_task_s_prediction(tmp_path, one_thread):
     task = tiny("semantic")
@@ -41,13 +53,7 @@ def test_torch_export_and_the_semantic_post_processing_give_the_task_s_predictio
     assert class_logits.shape == (3, 6, 5) and mask_logits.shape == (3, 6, 64, 64)
     processor = Mask2FormerImageProcessor()
     with torch.no_grad():
-        for i, image in enumerate(images):
-            want = task.predict_image(image)
-            torch.testing.assert_close(class_logits[i : i + 1], want.class_queries_logits, rtol=0, atol=1e-5)
-            torch.testing.assert_close(mask_logits[i : i + 1], want.masks_queries_logits, rtol=0, atol=1e-5)
-            outputs = SimpleNamespace(
-                class_queries_logits=class_logits[i : i + 1], masks_queries_logits=mask_logits[i : i + 1]
-            )
+        for image, outputs in checked_per_image(task, images, class_logits, mask_logits, atol=1e-5):
             (labels,) = processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 64)])
             assert torch.equal(labels, task.infer([image])[0])
     card = (out / "README.md").read_text()
@@ -64,13 +70,7 @@ def test_onnx_instance_mode_normalises_inside_and_matches_the_task(tmp_path, one
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))  # [0, 1], as detection data
     class_logits, mask_logits = (torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()}))
     with torch.no_grad():
-        for i, image in enumerate(images):
-            want = task.predict_image(image)
-            torch.testing.assert_close(class_logits[i : i + 1], want.class_queries_logits, rtol=0, atol=1e-4)
-            torch.testing.assert_close(mask_logits[i : i + 1], want.masks_queries_logits, rtol=0, atol=1e-4)
-            outputs = SimpleNamespace(
-                class_queries_logits=class_logits[i : i + 1], masks_queries_logits=mask_logits[i : i + 1]
-            )
+        for image, outputs in checked_per_image(task, images, class_logits, mask_logits, atol=1e-4):
             got, expected = instance_inference(outputs, (64, 64)), task.infer([image])[0]
             assert torch.equal(got["labels"], expected["labels"]) and torch.equal(got["masks"], expected["masks"])
     assert "normalised inside the model" in (out / "README.md").read_text()
