@@ -7,6 +7,7 @@ import inspect
 import torch
 from torch import nn
 
+from focalbench.export.core import SINGLE_IMAGE
 from focalbench.models.focalnet import FocalNet, FocalNetBackbone, _FocalNetTrunk
 from focalbench.models.variants import VARIANTS
 
@@ -36,19 +37,66 @@ class SingleImageDetector(nn.Module):
         return tuple(detections[k] for k in keys)
 
 
+class MaskFormerOutputs(nn.Module):
+    """Mask2Former's raw outputs: ``images [N, 3, H, W] -> class_logits [N, Q, K+1]`` (the last class: no
+    object) and ``mask_logits [N, Q, H, W]`` (upsampled to the input, as the task's :meth:`predict_image`). Images
+    are normalised as the task's data module gives them (instance mode: [0, 1], normalised here as the task does);
+    the mode's post-processing is left to the caller (the model card says which)."""
+
+    def __init__(self, task: nn.Module) -> None:
+        super().__init__()
+        self.model = task.model
+        self.normalise = task.hparams.mode == "instance"
+        self.register_buffer("mean", task.mean.clone(), persistent=False)
+        self.register_buffer("std", task.std.clone(), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalise:
+            images = (images - self.mean) / self.std
+        outputs = self.model(images)
+        return outputs.class_queries_logits, self.model.mask_logits(outputs, images.shape[-2:])
+
+
+class DINODetections(nn.Module):
+    """DINO on one image as a tuple: ``image [3, H, W] in [0, 1] -> boxes [S, 4] (xyxy, input pixels), scores
+    [S], labels [S] (1..K)``, the top ``num_select`` as the task's :meth:`detect` (its post-processing is a top-k of
+    fixed size, so it is inside)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pixels, valid, _ = self.model.preprocess([image])
+        (detections,) = self.model.postprocess(self.model(pixels, valid), [image.shape[-2:]])
+        return detections["boxes"], detections["scores"], detections["labels"]
+
+
 def exportable(task: nn.Module, kind: str) -> nn.Module:
     """The module an exporter traces for ``task``: the classifier, or one of the wrappers above."""
     if kind == "classification":
         return task.model
-    if kind == "segmentation":
-        return SegmentationLogits(task.model).eval()
-    return SingleImageDetector(task.model).eval()
+    wrappers = {
+        "segmentation": lambda: SegmentationLogits(task.model),
+        "detection": lambda: SingleImageDetector(task.model),
+        "mask2former": lambda: MaskFormerOutputs(task),
+        "dino": lambda: DINODetections(task.model),
+    }
+    return wrappers[kind]().eval()
 
 
 def output_names(kind: str, task: nn.Module) -> list[str]:
     if kind == "detection":
         return ["boxes", "labels", "scores"] + (["masks"] if task.hparams.with_masks else [])
+    if kind == "mask2former":
+        return ["class_logits", "mask_logits"]
+    if kind == "dino":
+        return ["boxes", "scores", "labels"]
     return ["logits"]
+
+
+def input_name(kind: str) -> str:
+    return "image" if kind in SINGLE_IMAGE else "images"
 
 
 def focalnet_trunk(task: nn.Module, kind: str) -> _FocalNetTrunk | None:

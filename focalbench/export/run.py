@@ -10,18 +10,18 @@ import torch
 from torch import nn
 
 from focalbench.export.card import model_card
-from focalbench.export.core import ExportError, ExportJob, plain_inference, preprocessing, task_kind
+from focalbench.export.core import KINDS, ExportError, ExportJob, plain_inference, preprocessing, task_kind
 from focalbench.export.hf_format import export_huggingface
 from focalbench.export.onnx_format import export_onnx
 from focalbench.export.timm_format import export_timm
 from focalbench.export.torch_export import export_torch
 
-# format -> (writer, the tasks it serves)
+# format -> (writer, the kinds of task it serves); huggingface writes a dense task's FocalNet backbone
 FORMATS: dict[str, tuple[Callable[[ExportJob], None], tuple[str, ...]]] = {
     "timm": (export_timm, ("classification",)),
-    "huggingface": (export_huggingface, ("classification", "segmentation", "detection")),
-    "onnx": (export_onnx, ("classification", "segmentation", "detection")),
-    "torch-export": (export_torch, ("classification", "segmentation", "detection")),
+    "huggingface": (export_huggingface, tuple(KINDS)),
+    "onnx": (export_onnx, tuple(KINDS)),
+    "torch-export": (export_torch, tuple(KINDS)),
 }
 
 

@@ -23,6 +23,11 @@ ARGS = {
         "--model.detector_kwargs.mask_head_dim", "16",
         "--model.detector_kwargs.box_score_thresh", "0.0",  # detections to compare, even from an untrained head
     ],
+    "demo_det_dino.yaml": [
+        *TINY, *LOADER, "--model.hidden_dim", "32", "--model.decoder_layers", "2", "--model.ffn_dim", "32",
+        "--model.num_points", "2", "--model.num_queries", "20", "--model.num_dn_queries", "6",
+        "--model.num_select", "30",
+    ],
 }  # fmt: skip
 
 

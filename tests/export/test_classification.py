@@ -73,11 +73,26 @@ def test_model_card_reports_the_checkpoint_and_preprocessing(checkpoint, run_exp
     assert "- Task: classification" in card and "focalnet_tiny_srf" in card
 
 
-def test_timm_refuses_a_size_its_entry_points_fix(checkpoint, run_export, tmp_path):
-    message = r"^error: timm's focalnet_tiny_srf fixes embed_dim, depths .*embed_dim=8"
-    with pytest.raises(SystemExit, match=message) as err:
-        run_export(CONFIG, checkpoint, "timm", tmp_path / "timm")
-    assert "\n" not in str(err.value)
+def test_timm_loads_a_demo_size_no_timm_name_builds(checkpoint, run_export, tmp_path, one_thread):
+    """embed_dim 8 and depths [1, 1, 1, 1], which timm's focalnet_* entry points fix: config.json names the entry
+    point focalbench registers (timm's FocalNet class, every argument in model_args), and timm's loader builds it."""
+    import timm
+    from timm.models.focalnet import FocalNet
+
+    out = run_export(CONFIG, checkpoint, "timm", tmp_path / "timm")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "focalbench_focalnet" and config["label_names"] == CLASSES
+    assert (config["model_args"]["embed_dim"], config["model_args"]["depths"]) == (8, [1, 1, 1, 1])
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert type(model) is FocalNet
+    task = trained(checkpoint)
+    x = images(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), task.model(x), rtol=0, atol=1e-5)
+        # without pretrained=True timm builds the architecture with fresh weights, as for hub ids
+        fresh = timm.create_model(f"local-dir:{out}").eval()
+        assert (fresh(x) - task.model(x)).abs().max() > 1e-3
+    assert "import focalbench.export" in (out / "README.md").read_text()
 
 
 def test_timm_local_dir_loads_a_full_size_focalnet(tmp_path, one_thread):

@@ -27,3 +27,13 @@ def test_check_close_reports_the_largest_difference_in_one_line():
         check_close("ONNX Runtime", [torch.full((2, 3), 2e-3)], want, atol=1e-4)
     with pytest.raises(ExportError, match=r"output 0 has shape \(3,\), PyTorch's \(2, 3\)"):
         check_close("x", [torch.zeros(3)], want, atol=1e-4)
+
+
+def test_check_close_allows_a_relative_error_for_pixel_coordinates():
+    want = [torch.tensor([1333.0, 2.0])]
+    got = [torch.nextafter(want[0], torch.tensor(2000.0))]  # one float32 step (1.22e-4) above 1333
+    assert check_close("x", got, want, atol=1e-4, rtol=1e-6) == pytest.approx(2**-13)
+    with pytest.raises(ExportError, match=r"by 1\.22e-04 \(tolerance 1e-04\)$"):
+        check_close("x", got, want, atol=1e-4)  # without it, the same difference fails
+    with pytest.raises(ExportError, match=r"by 2\.00e-04 \(tolerance 1e-04 \+ 1e-06 × \|value\|\)"):
+        check_close("x", [torch.tensor([1333.0, 2.0 + 2e-4])], want, atol=1e-4, rtol=1e-6)  # small values: atol
