@@ -21,6 +21,7 @@ from focalbench.data.panoptic import rgb_to_id
 from focalbench.data.sources import DataSourceError
 from focalbench.models.factory import TimmBackbone
 from focalbench.tasks.mask2former import Mask2FormerTask
+from focalbench.tasks.sliding_window import slide_inference
 
 # Mask2Former sizes small enough for 32-64 px CPU tests (the configs use 256 hidden, 100 queries, 10 + 6 layers).
 SMALL = [
@@ -240,6 +241,57 @@ def test_perfect_semantic_predictions_score_miou_one():
     assert prediction.shape == (44, 40) and torch.equal(prediction[labelled], mask.long()[labelled])
     scores = task.summarize(task.stage_metrics("val").compute(), "val")
     assert scores["mIoU"].item() == pytest.approx(1.0) and scores["aAcc"].item() == pytest.approx(1.0)
+
+
+class SignOfChannel0:
+    """A stand-in network that segments any input by the sign of its first channel: query 0 = class 0 where it is
+    negative, query 1 = class 1 where it is positive (mask logits ±20 at 1/4 of the padded input), the rest "no
+    object". It sees only what it is given, so sliding windows must be cut and put back in the right place."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, images: torch.Tensor):
+        self.calls.append(tuple(images.shape[-2:]))
+        h, w = images.shape[-2:]
+        padded = F.pad(images[:, :1], (0, -w % 32, 0, -h % 32))
+        positive = torch.where(padded > 0, 20.0, -20.0)
+        logits = torch.zeros(1, 6, 3)
+        logits[0, :, 2] = 20.0
+        logits[0, 0], logits[0, 1] = torch.tensor([20.0, 0.0, 0.0]), torch.tensor([0.0, 20.0, 0.0])
+        masks = torch.cat([-positive, positive, torch.full_like(positive, -20.0).expand(-1, 4, -1, -1)], 1)
+        return SimpleNamespace(class_queries_logits=logits, masks_queries_logits=F.avg_pool2d(masks, 4))
+
+
+def test_semantic_sliding_windows_put_each_window_back_in_place():
+    # 8 x 8 blocks of +1 / -1 in a 64 x 96 image (no padding: stride-4 masks reproduce the blocks exactly);
+    # 32-pixel windows every 20: rows start at 0, 20, 32 and columns at 0, 20, 40, 60, 64 (the last flush with the
+    # border), all on the stride-4 grid, so every window sees whole 4 x 4 cells
+    blocks = (torch.arange(64)[:, None] // 8 + torch.arange(96)[None] // 8) % 2
+    image = (2.0 * blocks - 1).expand(3, -1, -1).clone()
+    predictions = {}
+    for inference in ("whole", "slide"):
+        task = _task("semantic", 2, inference=inference, crop_size=32, stride=20)
+        network = SignOfChannel0()
+        task.network = lambda network=network: network
+        (predictions[inference],) = task.infer([image])
+        predictions[inference + "_calls"] = network.calls
+    assert predictions["whole_calls"] == [(64, 96)] and predictions["slide_calls"] == [(32, 32)] * 15
+    assert torch.equal(predictions["whole"], blocks) and torch.equal(predictions["slide"], blocks)
+
+
+def test_semantic_slide_equals_whole_below_the_crop_size():
+    torch.manual_seed(0)
+    whole = _task("semantic", 3)
+    slide = _task("semantic", 3, inference="slide", crop_size=64, stride=43)
+    slide.load_state_dict(whole.state_dict())
+    images = [torch.randn(3, 40, 44), torch.randn(3, 64, 48)]
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(slide.infer(images), whole.infer(images)))
+        torch.testing.assert_close(
+            slide_inference(slide.semantic_scores, images[0][None], 64, 43),
+            whole.semantic_scores(images[0][None]), rtol=0, atol=0,
+        )  # fmt: skip
 
 
 def test_instance_mode_trains_and_scores_coco_ap_on_a_coco_folder(tmp_path, tiny_args):
