@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from focalbench.data.demo import SHAPE_CLASSES, default_root, make_scene
-from focalbench.data.panoptic import id_to_rgb
+from focalbench.data.panoptic_format import id_to_rgb
 
 VERSION = "demo-panoptic-v1"
 STUFF_CLASSES = ("sky", "ground")

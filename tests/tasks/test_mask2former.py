@@ -4,6 +4,7 @@ layouts users download, the backbone swap, predict's COCO panoptic files, the ba
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from PIL import Image
 
 from focalbench.cli import CONFIG_DIR, main
 from focalbench.data.demo_panoptic import CATEGORIES, make_panoptic_scene, write_coco_panoptic
-from focalbench.data.panoptic import rgb_to_id
+from focalbench.data.panoptic_format import rgb_to_id
 from focalbench.data.sources import DataSourceError
 from focalbench.models.factory import TimmBackbone
 from focalbench.tasks.mask2former import Mask2FormerTask
@@ -112,6 +113,23 @@ def test_panoptic_config_fast_dev_run_on_a_coco_panoptic_folder(tmp_path, tiny_a
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["train_loss"]) and 0.0 <= float(metrics["val_PQ"]) <= 1.0
     assert {"val_PQ_things", "val_PQ_stuff", "val_SQ", "val_RQ"} <= set(metrics)
+
+
+def test_panoptic_fast_dev_run_on_a_saved_hugging_face_dataset(tmp_path, tiny_args):
+    """The same model on the COCO panoptic content as a ``save_to_disk`` folder: id arrays, columnar segments
+    without ``isthing`` (the thing classes then come from ``model.thing_classes``), renamed columns."""
+    spec = importlib.util.spec_from_file_location("panoptic_data", CONFIG_DIR.parent / "tests/data/test_panoptic.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    root = helpers.saved_dataset(tmp_path / "saved", layout="columnar")
+    cli = run(
+        "fit", "--config", "demo_panoptic.yaml", "--data.root", str(root), "--data.panoptic_column", "ids",
+        "--data.segments_column", "segments", "--data.class_names", json.dumps(helpers.NAMES),
+        "--model.thing_classes", json.dumps(helpers.NAMES[:4]), "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), *SMALL, *tiny_args,
+    )  # fmt: skip
+    assert cli.model.class_names == helpers.NAMES and cli.model.stage_metrics("val").things.tolist() == THINGS
+    assert torch.isfinite(cli.trainer.callback_metrics["train_loss"]) and "val_PQ_stuff" in cli.trainer.callback_metrics
 
 
 def test_backbone_swap_to_a_timm_model(tmp_path):
