@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -162,6 +163,22 @@ def test_offline_hub_ids_stop_with_the_one_line_errors(tmp_path, monkeypatch, ti
             "--model.pretrained", "timm/focalnet_tiny_lrf.ms_in1k", "--trainer.fast_dev_run", "true",
             "--trainer.default_root_dir", str(tmp_path / "runs"), *SMALL, *tiny_args,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "hub_id"),
+    [("seg_ade20k_mask2former.yaml", "zhoubolei/scene_parse_150"), ("panoptic_coco_mask2former.yaml", "no-such/pano")],
+)
+def test_offline_hub_data_from_the_command_line_is_one_error_line_and_exit_2(config, hub_id, tmp_path, monkeypatch,
+                                                                              capfd):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FOCALBENCH_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", config, "--data.dataset", hub_id])
+    with pytest.raises(SystemExit) as info:
+        main()
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: could not load the hub data set '{hub_id}'") and "--data.root" in lines[0]
 
 
 def test_predict_writes_coco_panoptic_results(tmp_path, tiny_args, monkeypatch):
