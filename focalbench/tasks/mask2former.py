@@ -125,6 +125,8 @@ class Mask2FormerTask(BaseTask):
         hidden_dim / num_queries / decoder_layers / encoder_layers / num_attention_heads / dim_feedforward /
             encoder_feedforward_dim / train_num_points: Mask2Former's sizes (256 / 100 / 10 = 9 + the initial
             prediction / 6 / 8 / 2048 / 1024 / 12544 officially); small values for tests and demos.
+        class_weight / mask_weight / dice_weight / no_object_weight: loss weights (2 / 5 / 5 / 0.1 officially,
+            the matcher's costs too).
         backbone_lr_mult: lr multiplier of the backbone's parameter groups.
         test_scale: evaluation rescale box (ADE20K (2048, 512), COCO (1333, 800)).
         inference / crop_size / stride: semantic mode: ``whole`` image or ``slide`` (``crop_size`` windows every
@@ -146,6 +148,10 @@ class Mask2FormerTask(BaseTask):
         dim_feedforward: int = 2048,
         encoder_feedforward_dim: int = 1024,
         train_num_points: int = 12544,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
         backbone_lr_mult: float = 0.1,
         test_scale: tuple[int, int] | None = (2048, 512),
         inference: Literal["whole", "slide"] = "whole",
@@ -175,6 +181,10 @@ class Mask2FormerTask(BaseTask):
                 "dim_feedforward",
                 "encoder_feedforward_dim",
                 "train_num_points",
+                "class_weight",
+                "mask_weight",
+                "dice_weight",
+                "no_object_weight",
             )
         }
         self.model = Mask2Former(self.build_dense_backbone(), hp.num_classes, **sizes)

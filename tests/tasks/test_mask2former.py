@@ -416,3 +416,13 @@ def test_demo_config_runs_on_the_embedded_panoptic_scenes(tmp_path):
     assert cli.model.stage_metrics("val").things.tolist() == THINGS
     assert len(cli.datamodule.train_set) == 400 and len(cli.datamodule.val_set) == 60
     assert torch.isfinite(cli.trainer.callback_metrics["val_PQ"])
+
+
+def test_loss_weights_reach_transformers_loss_and_matcher():
+    task = _task("panoptic", 6, thing_classes=["a"], class_names=list("abcdef"), class_weight=10.0,
+                 mask_weight=4.0, dice_weight=3.0, no_object_weight=0.5)  # fmt: skip
+    net = task.model.net
+    assert net.weight_dict == {"loss_cross_entropy": 10.0, "loss_mask": 4.0, "loss_dice": 3.0}
+    matcher = net.criterion.matcher
+    assert (matcher.cost_class, matcher.cost_mask, matcher.cost_dice) == (10.0, 4.0, 3.0)
+    assert net.criterion.empty_weight.tolist() == [1.0] * 6 + [0.5]  # the no-object class's weight
