@@ -25,6 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
 
 from focalbench.data.base import BaseDataModule, ImageFolderForPredict
+from focalbench.data.coco import read_coco_json
 from focalbench.data.images import describe_source, read_rgb
 from focalbench.data.panoptic_format import (
     PanopticCategories,
@@ -32,7 +33,6 @@ from focalbench.data.panoptic_format import (
     find_panoptic_split,
     panoptic_ids,
     panoptic_records,
-    read_panoptic_json,
     read_segments,
 )
 from focalbench.data.panoptic_hf import class_names_of, open_panoptic_source, segment_rows, things_of
@@ -192,7 +192,7 @@ class PanopticDataModule(BaseDataModule):
 
     @cached_property
     def _json(self) -> dict[str, dict]:
-        return {split: read_panoptic_json(files[0]) for split, files in self._files.items()}
+        return {split: read_coco_json(files[0], "panoptic") for split, files in self._files.items()}
 
     # ------------------------------------------------------------------ a Hugging Face data set
     @cached_property

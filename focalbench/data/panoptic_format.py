@@ -12,7 +12,6 @@ categories, the per-image records and the checked, renumbered segment-id maps (:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,17 +95,6 @@ def find_panoptic_split(root: Path, split: str) -> tuple[Path, Path, Path] | Non
     if images is None:
         raise DataSourceError(f"{json_path}: no image folder {root / name}/ (or {root / split}/)")
     return json_path, pngs, images
-
-
-def read_panoptic_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataSourceError(f"cannot read the COCO panoptic annotations {path}: {err}") from err
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DataSourceError(f"{path} is not a COCO panoptic file: no '{key}' list")
-    return data
 
 
 def panoptic_records(
