@@ -13,7 +13,7 @@ from PIL import Image
 
 from focalbench.callbacks.predictions import prediction_dir
 from focalbench.callbacks.tensorboard import displayable, log_class_bars, log_figure, tensorboard
-from focalbench.data.panoptic import id_to_rgb
+from focalbench.data.panoptic_format import id_to_rgb
 
 
 def _data_categories(trainer: Trainer) -> tuple[list[int] | None, dict[str, int]]:

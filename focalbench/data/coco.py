@@ -108,14 +108,15 @@ def find_coco_split(
     return json_path, image_dir
 
 
-def read_coco_json(path: Path) -> dict:
+def read_coco_json(path: Path, kind: str = "instances") -> dict:
+    """A COCO annotation file (``kind``: instances or panoptic), checked to hold images, annotations and categories."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise DataSourceError(f"cannot read the COCO annotations {path}: {err}") from err
+        raise DataSourceError(f"cannot read the COCO {kind} annotations {path}: {err}") from err
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise DataSourceError(f"{path} is not a COCO instances file: no '{key}' list")
+            raise DataSourceError(f"{path} is not a COCO {kind} file: no '{key}' list")
     return data
 
 

@@ -7,11 +7,16 @@ panoptic layout, generated (no downloads) and cached beside the other demo data:
 
 Each scene is :func:`focalbench.data.demo.make_scene`'s shapes (1-3, pixel-disjoint) with the background replaced by
 two stuff regions split by a random tilted horizon: a light, bluish "sky" gradient above and a darker, textured
-"ground" below, colours drawn per scene. Segment ids are ``1000 · category id + k`` (so they use the G channel).
+"ground" below, colours drawn per scene. Each thing class is drawn in its own colour family (:data:`THING_HUES`:
+hue ± 0.03, saturation 0.6-1, value 0.75-1, mildly shaded): telling the four shapes apart by outline alone takes the
+tiny from-scratch demo model far longer than a few CPU minutes (``configs/demo_panoptic.yaml`` gives the figures), so
+colour names the class and the outline still has to be segmented. Segment ids are ``1000 · category id + k`` (so
+they use the G channel).
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import shutil
@@ -22,9 +27,9 @@ import numpy as np
 from PIL import Image
 
 from focalbench.data.demo import SHAPE_CLASSES, default_root, make_scene
-from focalbench.data.panoptic import id_to_rgb
+from focalbench.data.panoptic_format import id_to_rgb
 
-VERSION = "demo-panoptic-v1"
+VERSION = "demo-panoptic-v2"  # v2: each thing class in its own colour family (v1: random colours)
 STUFF_CLASSES = ("sky", "ground")
 CATEGORIES = [
     *({"id": k + 1, "name": name, "isthing": 1, "supercategory": "shape"} for k, name in enumerate(SHAPE_CLASSES)),
@@ -32,6 +37,7 @@ CATEGORIES = [
       for k, name in enumerate(STUFF_CLASSES)),
 ]  # fmt: skip
 COUNTS = {"train": 400, "val": 60}
+THING_HUES = (0.0, 0.33, 0.8, 0.15)  # circle red, square green, star magenta, triangle yellow
 
 
 def _stuff_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,15 +54,23 @@ def _stuff_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, 
     return np.where(sky[..., None], sky_image, ground_image), sky
 
 
+def _thing_colour(rng: np.random.Generator, label: int) -> np.ndarray:
+    hue = (THING_HUES[label] + rng.uniform(-0.03, 0.03)) % 1.0
+    return 255 * np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)), np.float32)
+
+
 def make_panoptic_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """One scene: the RGB uint8 image, its H×W segment-id map and its ``segments_info``."""
     scene = make_scene(rng, image_size=size, task="segmentation")
     background, sky = _stuff_background(rng, size)
+    image = background.copy()
     shapes = np.zeros((size, size), bool)
     for inst in scene.instances:
         shapes |= inst.mask
-    noise = rng.normal(0, rng.uniform(3, 8), background.shape)
-    image = np.where(shapes[..., None], scene.image.astype(np.float32), background + noise)
+        ys, xs = np.nonzero(inst.mask)
+        shade = rng.uniform(-0.6, 0.6, 2) @ np.stack([xs - xs.mean(), ys - ys.mean()])
+        image[ys, xs] = _thing_colour(rng, inst.label) + shade[:, None]
+    image = image + rng.normal(0, rng.uniform(3, 8), background.shape)
     ids = np.zeros((size, size), np.int64)
     info = []
     stuff_base = len(SHAPE_CLASSES) + 1

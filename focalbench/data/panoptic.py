@@ -1,12 +1,5 @@
-"""Panoptic segmentation data in the COCO panoptic format, as users download it::
-
-    ROOT/annotations/panoptic_{train,val}2017.json     images, annotations (file_name, segments_info), categories
-    ROOT/annotations/panoptic_{train,val}2017/*.png    (or ROOT/panoptic_{train,val}2017/) RGB segment ids
-    ROOT/{train,val}2017/*.jpg                         the images
-
-A PNG pixel's segment id is ``R + 256·G + 256²·B``, 0 = void; ``segments_info`` lists each segment's ``id``,
-``category_id`` and ``iscrowd``; categories carry ``isthing``. Names without ``2017`` (``panoptic_train.json``,
-``train/``) work too, as does any data in the same format (custom panoptic data).
+"""Panoptic segmentation data: a COCO panoptic folder (:mod:`focalbench.data.panoptic_format`) or the same content as
+a Hugging Face data set (:mod:`focalbench.data.panoptic_hf`).
 
 Each example's ids are renumbered 1..n in the order of ``segments_info`` (0 stays void), so the map is small enough
 for the image transforms; classes become indices 0..K-1 in the order of the category ids. Training (large-scale
@@ -18,176 +11,71 @@ A PNG whose size differs from its image, or with ids missing from ``segments_inf
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import albumentations as A
 import cv2
+import datasets
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
 
 from focalbench.data.base import BaseDataModule, ImageFolderForPredict
-from focalbench.data.images import read_rgb
+from focalbench.data.coco import read_coco_json
+from focalbench.data.images import describe_source, read_rgb
+from focalbench.data.panoptic_format import (
+    PanopticCategories,
+    PanopticRecord,
+    find_panoptic_split,
+    panoptic_ids,
+    panoptic_records,
+    read_segments,
+)
+from focalbench.data.panoptic_hf import class_names_of, open_panoptic_source, segment_rows, things_of
 from focalbench.data.seg_transforms import CatMaxRatioCrop, RescaleToRange, segmentation_eval_transform
 from focalbench.data.segmentation import collate_list
-from focalbench.data.sources import DataSourceError
+from focalbench.data.sources import DataSourceError, _is_saved_dataset, eval_split_names, train_val_splits
 from focalbench.data.transforms import SeededTransform
 from focalbench.errors import ConfigError
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic segment ids of an H×W×3 uint8 PNG: ``R + 256·G + 256²·B``."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`rgb_to_id`: H×W ids to an H×W×3 uint8 image."""
-    ids = np.asarray(ids, np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class PanopticCategories:
-    """Categories sorted by id: class index k has ``ids[k]``, ``names[k]``, ``things[k]`` (COCO ``isthing``)."""
-
-    ids: tuple[int, ...]
-    names: tuple[str, ...]
-    things: tuple[bool, ...]
-
-    @classmethod
-    def from_coco(cls, categories: list[dict], where: str) -> PanopticCategories:
-        ordered = sorted(categories, key=lambda c: c["id"])
-        if not ordered:
-            raise DataSourceError(f"{where} lists no categories")
-        missing = [c.get("id") for c in ordered if "isthing" not in c]
-        if missing:
-            raise DataSourceError(f"{where}: categories {missing[:5]} have no 'isthing' (1 = thing, 0 = stuff)")
-        return cls(
-            tuple(int(c["id"]) for c in ordered),
-            tuple(str(c.get("name", c["id"])) for c in ordered),
-            tuple(bool(c["isthing"]) for c in ordered),
-        )
-
-    def index(self, category_id: int, where: str) -> int:
-        try:
-            return self.ids.index(int(category_id))
-        except ValueError:
-            known = list(self.ids)
-            raise DataSourceError(f"{where}: unknown category id {category_id}; the categories are {known}") from None
-
-
-@dataclass
-class PanopticRecord:
-    """One image, its PNG of segment ids and its segments (``id``, class index ``category_id``, ``iscrowd``)."""
-
-    image_id: int
-    image: str
-    png: str
-    segments: list[dict] = field(default_factory=list)
-
-
-def find_panoptic_split(root: Path, split: str) -> tuple[Path, Path, Path] | None:
-    """``(json, PNG folder, image folder)`` of ``split`` in a COCO-panoptic-layout ``root``, or None."""
-    folder = root / "annotations"
-    json_path = next((p for p in (folder / f"panoptic_{split}2017.json", folder / f"panoptic_{split}.json")
-                      if p.is_file()), None)  # fmt: skip
-    if json_path is None:
-        return None
-    stem = json_path.stem  # panoptic_val2017
-    pngs = next((p for p in (folder / stem, root / stem) if p.is_dir()), None)
-    if pngs is None:
-        raise DataSourceError(f"{json_path} has no PNG folder: expected {folder / stem}/ or {root / stem}/")
-    name = stem.removeprefix("panoptic_")
-    images = next((p for p in (root / name, root / split, root / "images" / name, root / "images" / split)
-                   if p.is_dir()), None)  # fmt: skip
-    if images is None:
-        raise DataSourceError(f"{json_path}: no image folder {root / name}/ (or {root / split}/)")
-    return json_path, pngs, images
-
-
-def read_panoptic_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataSourceError(f"cannot read the COCO panoptic annotations {path}: {err}") from err
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DataSourceError(f"{path} is not a COCO panoptic file: no '{key}' list")
-    return data
-
-
-def panoptic_records(
-    data: dict, categories: PanopticCategories, pngs: Path, images: Path, where: str
-) -> list[PanopticRecord]:
-    """Per-image records of a COCO panoptic dict, files checked to exist, categories mapped to class indices."""
-    files = {image["id"]: image["file_name"] for image in data["images"]}
-    records = []
-    for ann in data["annotations"]:
-        if ann.get("image_id") not in files:
-            raise DataSourceError(f"{where}: annotation {ann.get('file_name')} refers to image id "
-                                  f"{ann.get('image_id')}, not listed in 'images'")  # fmt: skip
-        image, png = images / files[ann["image_id"]], pngs / ann["file_name"]
-        for path in (image, png):
-            if not path.is_file():
-                raise DataSourceError(f"{where}: file {path} (image id {ann['image_id']}) does not exist")
-        segments = []
-        for s in ann.get("segments_info", []):
-            label = categories.index(s["category_id"], f"{where}: segment {s.get('id')} of {png.name}")
-            segments.append({"id": int(s["id"]), "category_id": label, "iscrowd": int(s.get("iscrowd", 0))})
-        records.append(PanopticRecord(int(ann["image_id"]), str(image), str(png), segments))
-    return records
-
-
-def read_segments(record: PanopticRecord, image_shape: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
-    """The record's PNG as an H×W int32 map with ids renumbered 1..n (0 = void) and the renumbered segments."""
-    ids = rgb_to_id(np.asarray(Image.open(record.png).convert("RGB")))
-    if ids.shape != tuple(image_shape):
-        raise DataSourceError(
-            f"panoptic PNG {record.png} is {ids.shape[1]}x{ids.shape[0]} (WxH) but its image {record.image} is "
-            f"{image_shape[1]}x{image_shape[0]}"
-        )
-    listed = {s["id"]: k + 1 for k, s in enumerate(record.segments)}
-    present = np.unique(ids)
-    unknown = [int(i) for i in present if i != 0 and i not in listed]
-    if unknown:
-        raise DataSourceError(f"panoptic PNG {record.png}: segment ids {unknown[:5]} are not in its segments_info")
-    lookup = np.zeros(len(present), np.int32)
-    for k, value in enumerate(present):
-        lookup[k] = listed.get(int(value), 0)
-    compact = lookup[np.searchsorted(present, ids)]
-    return compact, [{**s, "id": listed[s["id"]]} for s in record.segments]
-
-
 class PanopticDataset(Dataset):
     """Records as ``{"image", "segments", "segments_info", "image_id", "file_name"}``: the transformed image, the
-    renumbered id map (int64, 0 = void), its segments (ids 1..n, class indices, ``iscrowd``)."""
+    renumbered id map (int64, 0 = void), its segments (ids 1..n, class indices, ``iscrowd``). ``rows``: the Hugging
+    Face data set (columns ``image``, ``panoptic``, undecoded) the records' rows refer to; None for files."""
 
-    def __init__(self, records: list[PanopticRecord], transform: Callable) -> None:
+    def __init__(
+        self, records: list[PanopticRecord], transform: Callable, rows: datasets.Dataset | None = None
+    ) -> None:
         self.records = records
         self.transform = transform
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _read(self, record: PanopticRecord) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
+        if self.rows is None:
+            return read_rgb(record.image), panoptic_ids(record.png), (str(record.png), str(record.image))
+        row = self.rows[record.image]
+        where = (describe_source(row["panoptic"], record.png), describe_source(row["image"], record.image))
+        return read_rgb(row["image"], record.image), panoptic_ids(row["panoptic"], record.png), where
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        image = read_rgb(record.image)
-        segments, info = read_segments(record, image.shape[:2])
+        image, ids, where = self._read(record)
+        segments, info = read_segments(ids, record.segments, image.shape[:2], where)
         out = self.transform(image=image, mask=segments)
         return {
             "image": out["image"],
             "segments": torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long),
             "segments_info": info,
             "image_id": record.image_id,
-            "file_name": Path(record.image).name,
+            "file_name": Path(where[1]).name,
         }
 
 
@@ -227,14 +115,19 @@ def panoptic_train_transform(
 
 
 class PanopticDataModule(BaseDataModule):
-    """COCO panoptic data (see the module docstring): ``root`` is the COCO folder (or ``demo`` for the embedded
-    panoptic demo scenes). Exposes ``class_names``, ``num_classes`` and ``things`` (per class, from ``isthing``),
-    read from the annotation files' categories.
+    """Panoptic data: ``root`` is a COCO panoptic folder (see the module docstring), a ``Dataset.save_to_disk``
+    folder, or ``demo`` (the embedded panoptic demo scenes); ``dataset`` a hub id. A Hugging Face data set holds the
+    same content in the columns ``image_column``, ``panoptic_column`` and ``segments_column``
+    (:mod:`focalbench.data.panoptic_hf`). Exposes ``class_names``, ``num_classes`` and ``things`` (per class,
+    from ``isthing``), read from the categories or the features, not from the images.
 
     Args:
         scale_range: large-scale-jitter range of the training rescale (0.1–2.0 for COCO).
         hflip: horizontal flip probability.
-        val_fraction: held-out fraction when there are no validation annotations.
+        val_fraction: held-out fraction when there are no validation annotations (or split).
+        image_column / panoptic_column / segments_column: a Hugging Face data set's column names.
+        class_names: class names when ``category_id`` has no ``ClassLabel`` feature (category id k = class k).
+        train_split / val_split: a Hugging Face data set's split names (by default ``train`` / ``validation``).
     """
 
     demo_subdir = "panoptic"
@@ -251,13 +144,22 @@ class PanopticDataModule(BaseDataModule):
         scale_range: tuple[float, float] = (0.1, 2.0),
         hflip: float = 0.5,
         val_fraction: float = 0.1,
+        image_column: str = "image",
+        panoptic_column: str = "panoptic",
+        segments_column: str = "segments_info",
+        class_names: Sequence[str] | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, image_size, predict_root, seed)
-        if dataset is not None:
-            raise DataSourceError("data.dataset: panoptic data is read from a COCO panoptic folder (data.root)")
         self.scale_range = scale_range
         self.hflip = hflip
         self.val_fraction = val_fraction
+        self.columns = {"image_column": image_column, "panoptic_column": panoptic_column,
+                        "segments_column": segments_column}  # fmt: skip
+        self.given_class_names = list(class_names) if class_names else None
+        self.train_split = train_split
+        self.val_split = val_split
 
     @property
     def data_root(self) -> str | None:
@@ -267,25 +169,55 @@ class PanopticDataModule(BaseDataModule):
 
         return str(panoptic_demo_root())
 
+    # ------------------------------------------------------------------ a COCO panoptic folder
     @cached_property
-    def _files(self) -> dict[str, tuple[Path, Path, Path]]:
-        if self.data_root is None:
-            raise DataSourceError("panoptic data needs data.root: a COCO panoptic folder (annotations/panoptic_*.json)")
+    def _files(self) -> dict[str, tuple[Path, Path, Path]] | None:
+        """``{split: (json, PNG folder, image folder)}`` of a COCO panoptic folder; None for Hugging Face data."""
+        if self.data_root is None and self.dataset is None:
+            raise DataSourceError(
+                "no panoptic data: set data.root (a COCO panoptic folder with annotations/panoptic_*.json, or a "
+                "Dataset.save_to_disk folder) or data.dataset (a Hugging Face hub id)"
+            )
+        if self.dataset is not None or _is_saved_dataset(Path(self.data_root).expanduser()):
+            return None
         root = Path(self.data_root).expanduser()
         found = {split: find_panoptic_split(root, split) for split in ("train", "val")}
         found = {split: files for split, files in found.items() if files is not None}
         if "train" not in found and "val" not in found:
             raise DataSourceError(
-                f"data.root {root}: no annotations/panoptic_train2017.json or panoptic_val2017.json (COCO panoptic)"
+                f"data.root {root}: no annotations/panoptic_train2017.json or panoptic_val2017.json (COCO panoptic), "
+                f"and not a folder written by Dataset.save_to_disk"
             )
         return found
 
     @cached_property
     def _json(self) -> dict[str, dict]:
-        return {split: read_panoptic_json(files[0]) for split, files in self._files.items()}
+        return {split: read_coco_json(files[0], "panoptic") for split, files in self._files.items()}
+
+    # ------------------------------------------------------------------ a Hugging Face data set
+    @cached_property
+    def _hf_source(self) -> datasets.DatasetDict:
+        return open_panoptic_source(self.data_root, self.dataset, self.columns)
 
     @cached_property
+    def _hf_splits(self) -> dict[str, datasets.Dataset]:
+        source = self._hf_source
+        train, val = train_val_splits(source, self.train_split, self.val_split, self.val_fraction, self.seed)
+        test = eval_split_names(source, self.val_split).get("test")
+        return {"train": train, "val": val, **({"test": source[test]} if test else {})}
+
+    @cached_property
+    def _hf_rows(self) -> dict[str, list[tuple[int, list[dict]]]]:
+        names = class_names_of(next(iter(self._hf_source.values())).features, self.given_class_names)
+        return {split: segment_rows(ds, names, f"split '{split}'") for split, ds in self._hf_splits.items()}
+
+    # ------------------------------------------------------------------ classes and records
+    @cached_property
     def categories(self) -> PanopticCategories:
+        if self._files is None:
+            names = class_names_of(next(iter(self._hf_source.values())).features, self.given_class_names)
+            things = things_of([row for rows in self._hf_rows.values() for row in rows], names)
+            return PanopticCategories(tuple(range(len(names))), tuple(names), things)
         found = {
             split: PanopticCategories.from_coco(data["categories"], str(self._files[split][0]))
             for split, data in self._json.items()
@@ -304,10 +236,20 @@ class PanopticDataModule(BaseDataModule):
 
     @property
     def things(self) -> list[bool]:
+        if self.categories.things is None:
+            raise DataSourceError(
+                "which classes are things is not known: the segments_info of the data set carry no 'isthing'; set "
+                "model.thing_classes to the names of the thing classes"
+            )
         return list(self.categories.things)
 
     @cached_property
     def records(self) -> dict[str, list[PanopticRecord]]:
+        if self._files is None:
+            return {
+                split: [PanopticRecord(image_id, row, row, segments) for row, (image_id, segments) in enumerate(rows)]
+                for split, rows in self._hf_rows.items()
+            }
         records = {
             split: panoptic_records(self._json[split], self.categories, pngs, images, f"{path.name}")
             for split, (path, pngs, images) in self._files.items()
@@ -322,15 +264,23 @@ class PanopticDataModule(BaseDataModule):
     @property
     def image_ids(self) -> dict[str, int]:
         """``image file name -> image id`` of the annotated images (for predictions on those files)."""
+        if self._files is None:
+            return {}
         return {Path(r.image).name: r.image_id for records in self.records.values() for r in records}
+
+    def _dataset(self, split: str, transform: Callable) -> PanopticDataset:
+        rows = None if self._files is not None else self._hf_splits[split].select_columns(["image", "panoptic"])
+        return PanopticDataset(self.records[split], transform, rows)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             return
         if self.val_set is None:
-            self.val_set = PanopticDataset(self.records["val"], self.eval_transform())
+            self.val_set = self._dataset("val", self.eval_transform())
+        if self.test_set is None and stage in (None, "test") and "test" in self.records:
+            self.test_set = self._dataset("test", self.eval_transform())
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = PanopticDataset(self.records["train"], self.train_transform())
+            self.train_set = self._dataset("train", self.train_transform())
 
     def collate_fn(self) -> Callable:
         return collate_train

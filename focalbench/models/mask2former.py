@@ -74,8 +74,13 @@ def build_mask2former(
     strides = [int(s) for s in getattr(backbone, "strides", (4, 8, 16, 32))]
     config = Mask2FormerConfig(
         # a minimal stand-in, replaced below: the config needs a backbone to build the model once
-        backbone_config=SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=2,
-                                   out_features=["stage1", "stage2", "stage3", "stage4"]),
+        backbone_config=SwinConfig(
+            embed_dim=8,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=2,
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        ),
         num_labels=num_labels,
         feature_size=hidden_dim,
         mask_feature_size=hidden_dim,
@@ -152,4 +157,3 @@ class Mask2Former(nn.Module):
         padded = (masks.shape[-2] * stride, masks.shape[-1] * stride)
         masks = F.interpolate(masks.float(), size=padded, mode="bilinear", align_corners=False)
         return masks[..., : input_size[0], : input_size[1]]
-

@@ -22,6 +22,7 @@ from focalbench.tasks.base import BaseTask
 from focalbench.tasks.detection import detection_metric, metric_inputs, summarize_map
 from focalbench.tasks.metrics import segmentation_scores
 from focalbench.tasks.panoptic_quality import PanopticQuality
+from focalbench.tasks.sliding_window import slide_inference
 
 Mode = Literal["semantic", "panoptic", "instance"]
 MONITOR = {"semantic": "mIoU", "panoptic": "PQ", "instance": "segm_mAP"}
@@ -47,6 +48,12 @@ def panoptic_targets(segments: Tensor, info: Sequence[dict]) -> tuple[Tensor, Te
     classes = torch.tensor([s["category_id"] for s in kept], dtype=torch.long, device=segments.device)
     present = masks.flatten(1).any(1)
     return masks[present].float(), classes[present]
+
+
+def semantic_scores(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
+    """Mask2Former's semantic inference: per class and pixel, the sum over queries of the class probability
+    (no-object left out) times the mask probability, ``[N, K, h, w]`` from ``[N, Q, K+1]`` and ``[N, Q, h, w]``."""
+    return torch.einsum("nqc,nqhw->nchw", class_logits.softmax(-1)[..., :-1], mask_logits.sigmoid())
 
 
 def pad_batch(images: Sequence[Tensor], masks: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -94,8 +101,12 @@ class Mask2FormerTask(BaseTask):
     ``mode`` decides the targets, the post-processing and the metrics:
 
     - ``semantic`` (data: :class:`~focalbench.data.segmentation.SegmentationDataModule`): one target mask per class
-      present (255 ignored); transformers' ``post_process_semantic_segmentation``; mIoU, mAcc, aAcc and per-class
-      IoU from a confusion matrix over the split (:func:`segmentation_scores`, as the UPerNet task).
+      present (255 ignored); Mask2Former's semantic inference (:func:`semantic_scores`, as transformers'
+      ``post_process_semantic_segmentation`` computes it, but on the whole image or, with ``inference: slide``, on
+      sliding windows averaged as for UPerNet (:func:`slide_inference`), the scores then resized to the original
+      size; transformers' function returns only the argmax and goes through a fixed 384 x 384 grid); mIoU, mAcc,
+      aAcc and per-class IoU from a confusion matrix over the split (:func:`segmentation_scores`, as the UPerNet
+      task).
     - ``panoptic`` (:class:`~focalbench.data.panoptic.PanopticDataModule`): one mask per non-crowd segment;
       ``post_process_panoptic_segmentation`` with ``object_mask_threshold`` 0.8 and ``overlap_threshold`` 0.8, stuff
       classes fused per image; PQ, SQ, RQ (all / things / stuff, per class) as the COCO panoptic evaluation
@@ -114,8 +125,12 @@ class Mask2FormerTask(BaseTask):
         hidden_dim / num_queries / decoder_layers / encoder_layers / num_attention_heads / dim_feedforward /
             encoder_feedforward_dim / train_num_points: Mask2Former's sizes (256 / 100 / 10 = 9 + the initial
             prediction / 6 / 8 / 2048 / 1024 / 12544 officially); small values for tests and demos.
+        class_weight / mask_weight / dice_weight / no_object_weight: loss weights (2 / 5 / 5 / 0.1 officially,
+            the matcher's costs too).
         backbone_lr_mult: lr multiplier of the backbone's parameter groups.
         test_scale: evaluation rescale box (ADE20K (2048, 512), COCO (1333, 800)).
+        inference / crop_size / stride: semantic mode: ``whole`` image or ``slide`` (``crop_size`` windows every
+            ``stride`` pixels of the rescaled image, mmseg's 512 / 341 for ADE20K).
         object_mask_threshold / overlap_threshold: panoptic post-processing (query score, kept-area fraction).
         instance_score_threshold: instance post-processing: minimum score of a kept instance.
         thing_classes: names of the thing classes (panoptic); by default read from the data module's ``things``.
@@ -133,8 +148,15 @@ class Mask2FormerTask(BaseTask):
         dim_feedforward: int = 2048,
         encoder_feedforward_dim: int = 1024,
         train_num_points: int = 12544,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
         backbone_lr_mult: float = 0.1,
         test_scale: tuple[int, int] | None = (2048, 512),
+        inference: Literal["whole", "slide"] = "whole",
+        crop_size: int = 512,
+        stride: int = 341,
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         instance_score_threshold: float = 0.0,
@@ -159,6 +181,10 @@ class Mask2FormerTask(BaseTask):
                 "dim_feedforward",
                 "encoder_feedforward_dim",
                 "train_num_points",
+                "class_weight",
+                "mask_weight",
+                "dice_weight",
+                "no_object_weight",
             )
         }
         self.model = Mask2Former(self.build_dense_backbone(), hp.num_classes, **sizes)
@@ -243,24 +269,39 @@ class Mask2FormerTask(BaseTask):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
-    def predict_image(self, image: Tensor) -> SimpleNamespace:
-        """Class logits ``[1, Q, K+1]`` and mask logits ``[1, Q, h, w]`` of one image at ``test_scale``, the masks
-        at the rescaled input's size (padding cropped), ready for transformers' post-processing."""
+    def scaled_input(self, image: Tensor) -> Tensor:
+        """One image normalised (instance mode) and rescaled into ``test_scale``: ``[1, 3, h, w]``."""
         image = self._normalise(image)[None]
         size = tuple(image.shape[-2:])
         if self.hparams.test_scale is not None:
             scaled = rescale_size(size, self.hparams.test_scale)
             if scaled != size:
                 image = F.interpolate(image, size=scaled, mode="bilinear", align_corners=False)
-        outputs = self.network()(image)
-        masks = Mask2Former.mask_logits(outputs, image.shape[-2:])
+        return image
+
+    def outputs(self, images: Tensor) -> SimpleNamespace:
+        """Class logits ``[N, Q, K+1]`` and mask logits ``[N, Q, h, w]`` at the input's size (padding cropped),
+        ready for transformers' post-processing."""
+        outputs = self.network()(images)
+        masks = Mask2Former.mask_logits(outputs, images.shape[-2:])
         return SimpleNamespace(class_queries_logits=outputs.class_queries_logits.float(), masks_queries_logits=masks)
 
-    def post_process(self, outputs: SimpleNamespace, size: Sequence[int]) -> Any:
-        """The mode's post-processing at the original ``size`` (transformers' for semantic and panoptic)."""
-        hp, target = self.hparams, [tuple(int(s) for s in size)]
+    def semantic_scores(self, images: Tensor) -> Tensor:
+        """Per-class scores ``[N, K, h, w]`` at the input's size (:func:`semantic_scores`)."""
+        outputs = self.outputs(images)
+        return semantic_scores(outputs.class_queries_logits, outputs.masks_queries_logits)
+
+    def infer_image(self, image: Tensor) -> Any:
+        """The mode's prediction for one image at its own size (see the class docstring)."""
+        hp, size = self.hparams, tuple(int(s) for s in image.shape[-2:])
+        scaled = self.scaled_input(image)
         if hp.mode == "semantic":
-            return self.processor.post_process_semantic_segmentation(outputs, target_sizes=target)[0]
+            if hp.inference == "slide":
+                scores = slide_inference(self.semantic_scores, scaled, hp.crop_size, hp.stride)
+            else:
+                scores = self.semantic_scores(scaled)
+            return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+        outputs = self.outputs(scaled)
         if hp.mode == "panoptic":
             stuff = {k for k, thing in enumerate(self.stage_metrics("val").things.tolist()) if not thing}
             return self.processor.post_process_panoptic_segmentation(
@@ -268,13 +309,13 @@ class Mask2FormerTask(BaseTask):
                 threshold=hp.object_mask_threshold,
                 overlap_mask_area_threshold=hp.overlap_threshold,
                 label_ids_to_fuse=stuff,
-                target_sizes=target,
+                target_sizes=[size],
             )[0]
-        return instance_inference(outputs, target[0], hp.instance_score_threshold)
+        return instance_inference(outputs, size, hp.instance_score_threshold)
 
     def infer(self, images: Sequence[Tensor]) -> list[Any]:
         """Per image the post-processed prediction at the image's own size."""
-        return [self.post_process(self.predict_image(image), image.shape[-2:]) for image in images]
+        return [self.infer_image(image) for image in images]
 
     def evaluation_step(self, batch: dict, stage: str) -> list[Any]:
         """Predict every image, update the stage's metric, return the predictions (the picture callbacks')."""

@@ -18,6 +18,7 @@ from focalbench.errors import ConfigError
 from focalbench.models.heads import UPerNet
 from focalbench.tasks.base import BaseTask
 from focalbench.tasks.metrics import segmentation_scores
+from focalbench.tasks.sliding_window import slide_inference
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -139,23 +140,6 @@ class SegmentationTask(BaseTask):
     def forward(self, images: Tensor) -> Tensor:
         return self.network()(images)["out"]
 
-    def _slide(self, images: Tensor) -> Tensor:
-        """mmseg ``slide_inference``: ``crop_size`` windows every ``stride`` pixels (the last one flush with the
-        border), logits summed and divided by how many windows cover each pixel."""
-        crop, stride = self.hparams.crop_size, self.hparams.stride
-        n, _, h, w = images.shape
-        rows = max(h - crop + stride - 1, 0) // stride + 1
-        cols = max(w - crop + stride - 1, 0) // stride + 1
-        logits = images.new_zeros((n, self.hparams.num_classes, h, w), dtype=torch.float)
-        count = images.new_zeros((1, 1, h, w), dtype=torch.float)
-        for row in range(rows):
-            for col in range(cols):
-                y2, x2 = min(row * stride + crop, h), min(col * stride + crop, w)
-                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-                logits[:, :, y1:y2, x1:x2] += self(images[:, :, y1:y2, x1:x2]).float()
-                count[:, :, y1:y2, x1:x2] += 1
-        return logits / count
-
     def _log_probs(self, images: Tensor) -> Tensor:
         """Class log-probabilities at the images' size for a batch of same-size images (see the class docstring)."""
         hp = self.hparams
@@ -171,7 +155,10 @@ class SegmentationTask(BaseTask):
             scaled = images if scaled_size == size else _resize(images, scaled_size)
             for flip in flips:
                 x = scaled.flip(-1) if flip else scaled
-                logits = self._slide(x) if hp.inference == "slide" else self(x).float()
+                if hp.inference == "slide":
+                    logits = slide_inference(self, x, hp.crop_size, hp.stride)
+                else:
+                    logits = self(x).float()
                 logits = _resize(logits.flip(-1) if flip else logits, size)
                 if single:
                     return logits.log_softmax(1)

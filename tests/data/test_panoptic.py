@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from focalbench.data.demo_panoptic import CATEGORIES, make_panoptic_scene, write_coco_panoptic
-from focalbench.data.panoptic import PanopticDataModule, id_to_rgb, rgb_to_id
+from focalbench.data.panoptic import PanopticDataModule
+from focalbench.data.panoptic_format import id_to_rgb, rgb_to_id
 from focalbench.data.sources import DataSourceError
 
 
@@ -104,3 +105,99 @@ def test_unknown_category_and_missing_isthing_are_named(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(DataSourceError, match="have no 'isthing'"):
         _ = PanopticDataModule(root=str(root), num_workers=0).class_names
+
+
+# ------------------------------------------------------------------------------ a Hugging Face data set
+NAMES = [c["name"] for c in CATEGORIES]
+
+
+def saved_dataset(root: Path, layout: str = "rows") -> Path:
+    """The scenes of :func:`write_folder` as a ``Dataset.save_to_disk`` folder (``train`` / ``validation``).
+
+    ``rows``: PNG column, segments as a list of dicts with a ``ClassLabel`` category and ``isthing``;
+    ``columnar``: ids as a 2-D integer array, segments in ``datasets.Sequence``'s dict-of-lists layout with plain
+    integer categories and no ``isthing``, other column names."""
+    import datasets
+
+    def columns(scenes):
+        rows = {"image": [], "panoptic": [], "segments_info": [], "image_id": []}
+        for k, (image, ids, info) in enumerate(scenes):
+            rows["image"].append(Image.fromarray(image))
+            rows["panoptic"].append(Image.fromarray(id_to_rgb(ids)) if layout == "rows" else ids.astype(np.int32))
+            segments = [
+                {"id": s["id"], "category_id": s["category_id"] - 1, "iscrowd": s["iscrowd"],
+                 "isthing": bool(CATEGORIES[s["category_id"] - 1]["isthing"])}
+                for s in info
+            ]  # fmt: skip
+            if layout == "columnar":
+                segments = {key: [s[key] for s in segments] for key in ("id", "category_id", "iscrowd")}
+            rows["segments_info"].append(segments)
+            rows["image_id"].append(100 + k)
+        return rows
+
+    integer = datasets.Value("int64")
+    if layout == "rows":
+        segment = {"id": integer, "category_id": datasets.ClassLabel(names=NAMES), "iscrowd": integer,
+                   "isthing": datasets.Value("bool")}  # fmt: skip
+        panoptic, segments = datasets.Image(), datasets.List(segment)
+    else:
+        segment = {key: integer for key in ("id", "category_id", "iscrowd")}
+        panoptic, segments = datasets.List(datasets.List(datasets.Value("int32"))), datasets.Sequence(segment)
+    features = datasets.Features(
+        {"image": datasets.Image(), "panoptic": panoptic, "segments_info": segments, "image_id": integer}
+    )
+    splits = {"train": [scene_with_void_and_crowd(i) for i in range(3)],
+              "validation": [scene_with_void_and_crowd(100 + i) for i in range(2)]}  # fmt: skip
+    data = datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict(columns(scenes), features=features) for name, scenes in splits.items()}
+    )
+    if layout == "columnar":
+        data = data.rename_columns({"panoptic": "ids", "segments_info": "segments"})
+    data.save_to_disk(str(root))
+    return root
+
+
+def test_saved_dataset_gives_the_same_examples_as_the_coco_folder(tmp_path):
+    coco = PanopticDataModule(root=str(write_folder(tmp_path / "coco")), num_workers=0, image_size=32)
+    saved = PanopticDataModule(root=str(saved_dataset(tmp_path / "saved")), num_workers=0, image_size=32)
+    assert saved.class_names == NAMES and saved.things == [True] * 4 + [False] * 2  # ClassLabel, isthing
+    for module in (coco, saved):
+        module.setup("fit")
+    assert (len(saved.train_set), len(saved.val_set)) == (3, 2)
+    for index in range(2):
+        ours, theirs = saved.val_set[index], coco.val_set[index]
+        assert torch.equal(ours["image"], theirs["image"]) and torch.equal(ours["segments"], theirs["segments"])
+        strip = [{k: s[k] for k in ("id", "category_id", "iscrowd")} for s in ours["segments_info"]]
+        assert strip == theirs["segments_info"]  # ids renumbered 1..n, class indices, the crowd flagged
+        assert ours["image_id"] == 100 + index
+    batch = next(iter(saved.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["segments"].shape == (2, 32, 32)
+
+
+def test_saved_dataset_with_id_arrays_columnar_segments_and_named_columns(tmp_path):
+    root = saved_dataset(tmp_path / "saved", layout="columnar")
+    module = PanopticDataModule(root=str(root), num_workers=0, panoptic_column="ids", segments_column="segments",
+                                class_names=NAMES)  # fmt: skip
+    module.setup("validate")
+    _, ids, info = scene_with_void_and_crowd(100)
+    example = module.val_set[0]
+    for new, old in zip(example["segments_info"], info):
+        assert torch.equal(example["segments"] == new["id"], torch.from_numpy(ids == old["id"]))
+        assert new["category_id"] == old["category_id"] - 1
+    # no isthing in the data: the split is asked of the user, naming the key
+    with pytest.raises(DataSourceError, match=r"carry no 'isthing'; set model\.thing_classes"):
+        _ = module.things
+    with pytest.raises(DataSourceError, match=r"category_id has no ClassLabel feature; set data\.class_names"):
+        _ = PanopticDataModule(root=str(root), panoptic_column="ids", segments_column="segments").class_names
+    with pytest.raises(DataSourceError, match=r"column 'panoptic' \(data\.panoptic_column\) not found"):
+        _ = PanopticDataModule(root=str(root), class_names=NAMES).class_names
+
+
+def test_offline_hub_id_is_one_line_naming_it_and_the_local_options(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataSourceError) as info:
+        _ = PanopticDataModule(dataset="no-such-user/coco-panoptic").class_names
+    message = str(info.value)
+    assert "\n" not in message and "'no-such-user/coco-panoptic'" in message
+    assert "--data.root" in message and "save_to_disk" in message and "reach the hub" in message

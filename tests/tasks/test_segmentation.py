@@ -16,6 +16,7 @@ from PIL import Image
 from focalbench.cli import CONFIG_DIR, main
 from focalbench.data.sources import DataSourceError
 from focalbench.tasks.segmentation import SegmentationTask, segmentation_scores
+from focalbench.tasks.sliding_window import slide_inference
 
 # Heads and evaluation scale small enough for 32-64 px CPU tests (the configs use 512 / 256 channels, (2048, 512)).
 SMALL_HEADS = ["--model.decode_channels", "16", "--model.aux_channels", "8", "--trainer.precision", "32"]
@@ -175,7 +176,7 @@ def test_slide_equals_whole_below_the_crop_size_and_covers_larger_inputs():
     whole = _tiny_task(inference="whole")
     slide = _tiny_task(inference="slide", crop_size=64, stride=43)
     with torch.no_grad():
-        torch.testing.assert_close(slide._slide(images), whole(images), rtol=0, atol=0)
+        torch.testing.assert_close(slide_inference(slide, images, 64, 43), whole(images), rtol=0, atol=0)
         assert all(torch.equal(a, b) for a, b in zip(slide.infer(list(images)), whole.infer(list(images))))
         windows = _tiny_task(inference="slide", crop_size=32, stride=21)  # 2 x 2 overlapping windows
         log_probs = windows.infer([images[0], images[1, :, :33, :45]])
