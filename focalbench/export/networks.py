@@ -39,7 +39,7 @@ class SingleImageDetector(nn.Module):
 
 class MaskFormerOutputs(nn.Module):
     """Mask2Former's raw outputs: ``images [N, 3, H, W] -> class_logits [N, Q, K+1]`` (the last class: no
-    object) and ``mask_logits [N, Q, H, W]`` (upsampled to the input, as the task's :meth:`predict_image`). Images
+    object) and ``mask_logits [N, Q, H, W]`` (upsampled to the input, as the task's :meth:`outputs`). Images
     are normalised as the task's data module gives them (instance mode: [0, 1], normalised here as the task does);
     the mode's post-processing is left to the caller (the model card says which)."""
 

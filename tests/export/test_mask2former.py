@@ -34,10 +34,10 @@ def datamodule(size: int = 64) -> SimpleNamespace:
 
 def checked_per_image(task, images, class_logits, mask_logits, atol: float) -> Iterator[tuple]:
     """Per image, the exported outputs (as the post-processing takes them) after checking them against the task's
-    own ``predict_image``."""
+    own ``outputs`` (of ``scaled_input``)."""
     for i, image in enumerate(images):
         got = SimpleNamespace(class_queries_logits=class_logits[i : i + 1], masks_queries_logits=mask_logits[i : i + 1])
-        want = task.predict_image(image)
+        want = task.outputs(task.scaled_input(image))
         torch.testing.assert_close(got.class_queries_logits, want.class_queries_logits, rtol=0, atol=atol)
         torch.testing.assert_close(got.masks_queries_logits, want.masks_queries_logits, rtol=0, atol=atol)
         yield image, got
