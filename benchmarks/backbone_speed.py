@@ -7,12 +7,18 @@
     python benchmarks/backbone_speed.py --device cuda --batch-size 64 --threads 16
     python benchmarks/backbone_speed.py --models focalnet_tiny_srf@bf16 timm:focalnet_tiny_srf@fp32   # fast path
     python benchmarks/backbone_speed.py --quick                 # smoke run: batch 2, one timed iteration
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/backbone_speed.py --clock cpu   # on a machine shared with other jobs
 
 Every model gets the same input, precision, memory format, compile setting and drop path rate (``--drop-path``).
 Forward: ``inference_mode``, eval (ours then takes its fused oneDNN path on CPU, as it does by default). Train step:
 forward, cross-entropy, backward, AdamW step, in train mode.
 Each figure is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones; the models are timed in
-turn within each round, so a change of machine load hits all of them alike. ``GFLOP/s`` is the model's
+turn within each round, so a change of machine load hits all of them alike, and the load average is printed at the
+start and the end. ``--clock cpu`` times the process's CPU time (all threads) instead of the wall clock: on a
+machine shared with other jobs, OpenMP threads preempted by them stall each other and the wall clock of a 2-thread
+step varies several-fold, while the CPU time stays within a few per cent (run it with ``OMP_WAIT_POLICY=PASSIVE``,
+so that waiting threads sleep instead of spinning on the clock). img/s are then images per CPU-second over the
+threads, not per wall-second. ``GFLOP/s`` is the model's
 multiply-accumulate count x 2 per image times forward img/s; ``%peak`` divides it by the dense matmul rate this
 machine reaches in the same precision (measured first). Memory: ``act. MB`` is what autograd saves for the backward
 pass of one training forward (exact, counted over distinct storages; the dominant, implementation-dependent part
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -66,23 +73,20 @@ def autocast(args, spec: str = "") -> object:
     return torch.autocast(args.device, dtype=torch.bfloat16)
 
 
+def clock(args) -> Callable[[], float]:
+    """``--clock``: the wall clock, or the process's CPU time (all threads)."""
+    return time.process_time if getattr(args, "clock", "wall") == "cpu" else time.perf_counter
+
+
 def timed(fn, args) -> float:
     """Median seconds of ``args.repeats`` runs after ``args.warmup`` untimed ones."""
-    for _ in range(args.warmup):
-        fn()
-    times = []
-    for _ in range(args.repeats):
-        synchronize(args.device)
-        start = time.perf_counter()
-        fn()
-        synchronize(args.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved({"fn": fn}, args)["fn"]
 
 
 def interleaved(fns: dict, args) -> dict[str, float]:
     """Median seconds per function, timing them in turn within each round, so a change of machine load during
     the benchmark hits every model alike and the ratios stay fair."""
+    now = clock(args)
     for fn in fns.values():
         for _ in range(args.warmup):
             fn()
@@ -90,11 +94,16 @@ def interleaved(fns: dict, args) -> dict[str, float]:
     for _ in range(args.repeats):
         for name, fn in fns.items():
             synchronize(args.device)
-            start = time.perf_counter()
+            start = now()
             fn()
             synchronize(args.device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def load_average() -> str:
+    """The 1-minute load average (``uptime``'s first figure) against the core count."""
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 def precision_of(spec: str, args) -> str:
@@ -269,19 +278,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of every model")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, no warm-up, one timed iteration")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.quick:
         args.batch_size, args.warmup, args.repeats = 2, 0, 1
     torch.set_num_threads(args.threads)
 
+    if args.clock == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("# note: --clock cpu without OMP_WAIT_POLICY=PASSIVE counts OpenMP threads spinning while they wait")
+    start_load = load_average()
     peaks = {p: matmul_peak(args, p) for p in sorted({precision_of(name, args) for name in args.models})}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(
         f"# {device}; {args.precision}; compile={args.compile}; channels_last={args.channels_last}; "
         f"grad_checkpointing={args.grad_checkpointing}; "
-        f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; "
-        f"matmul peak {', '.join(f'{p} {rate:.0f}' for p, rate in peaks.items())} GFLOP/s"
+        f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; {args.clock} clock; "
+        f"matmul peak {', '.join(f'{p} {rate:.0f}' for p, rate in peaks.items())} GFLOP/s (measured now); "
+        f"{start_load} at the start"
     )
     results = measure(args.models, args)
     for name, result in results.items():
@@ -315,6 +331,7 @@ def main() -> None:
                 mem += f", peak memory {a['mem_mb'] / b['mem_mb']:.2f}x"
             speed = f"forward {a['fwd'] / b['fwd']:.2f}x, train step {a['train'] / b['train']:.2f}x"
             print(f"  {ours} vs {peer}: {speed}{mem}")
+    print(f"# {load_average()} at the end")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "matmul_peak_gflops": peaks, "results": results}, handle, indent=2)

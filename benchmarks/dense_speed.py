@@ -6,20 +6,26 @@
     python benchmarks/dense_speed.py --heads mask_rcnn dino --size 800 1216 --train   # + a train step each
     python benchmarks/dense_speed.py --backbones focalnet_tiny_lrf swin_tiny_patch4_window7_224 \
         --heads mask2former --train          # Mask2Former at 512x512: forward and training step
+    python benchmarks/dense_speed.py --backbones focalnet_tiny_srf timm:focalnet_tiny_srf --heads upernet \
+        mask_rcnn --size 800 1216 --train    # training steps vs timm's FocalNet-T at the same focal window 9
 
 Each backbone comes from :func:`build_backbone` (FocalNet variants with ``focal_windows=9``, the paper's dense-task
 setting; timm models with ``features_only``, Swin with ``dynamic_img_size`` since timm's Swin otherwise accepts only
-its 224 px training size) and runs under every entry of ``HEADS``: the bare backbone and torchvision's Mask R-CNN +
-FPN (eval, 81 classes, ``box_score_thresh=0`` so that random weights still keep the full 100 detections per image
-and every model pays for the same mask head) on ``--size``, and UPerNet (150 classes, 512 channels, as for ADE20K)
-on a ``--seg-size`` square, transformers' Mask2Former with the ADE20K recipe's head (150 classes, 100 queries,
-10 decoder / 6 encoder layers) on the same square, and DINO-4scale (:mod:`focalbench.models.dino`: 900 queries,
-6 + 6 layers, 80 classes, top-300 post-processing) on ``--size``. With ``--train``, the detectors and Mask2Former
-also time one training step (forward with losses, backward, AdamW) on one image with 10 fixed boxes (Mask2Former: 8
-fixed random segments); DINO's includes its 100 denoising queries. Random weights, fp32, ``inference_mode`` for the
-forward. Each figure is the median
-of ``--repeats`` timed runs after ``--warmup`` untimed ones, the models timed in turn within each round so a change
-of machine load hits all of them alike. The ratios divide the first backbone's speed (img/s) by each other's.
+its 224 px training size; ``timm:NAME`` is timm's own FocalNet, built with the same ``focal_windows=9``) and runs
+under every entry of ``HEADS``: the bare backbone and torchvision's Mask R-CNN + FPN (eval, 81 classes,
+``box_score_thresh=0`` so that random weights still keep the full 100 detections per image and every model pays for
+the same mask head) on ``--size``, and UPerNet (150 classes, 512 channels, as for ADE20K) on a ``--seg-size``
+square, transformers' Mask2Former with the ADE20K recipe's head (150 classes, 100 queries, 10 decoder / 6 encoder
+layers) on the same square, and DINO-4scale (:mod:`focalbench.models.dino`: 900 queries, 6 + 6 layers, 80 classes,
+top-300 post-processing) on ``--size``. With ``--train``, the detectors, UPerNet and Mask2Former also time one
+training step (forward with losses, backward, AdamW) on one image: 10 fixed boxes for the detectors (DINO's step
+includes its 100 denoising queries), 8 fixed random segments for Mask2Former, a fixed random label map for UPerNet
+(cross-entropy of the main head + 0.4 x the auxiliary one, as the ADE20K recipe; two copies of the image per step,
+see ``TRAIN_BATCH``). Random weights, fp32,
+``inference_mode`` for the forward. Each figure is the median of ``--repeats`` timed runs after ``--warmup``
+untimed ones, the models timed in turn within each round so a change of machine load hits all of them alike; the
+load average is printed with the figures, and ``--clock cpu`` times the process's CPU time instead of the wall
+clock (see ``backbone_speed.py``). The ratios divide the first backbone's speed (img/s) by each other's.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from backbone_speed import interleaved  # the same in-turn timing (benchmarks/ is the script's own folder)
+import torch.nn.functional as F
+from backbone_speed import interleaved, load_average  # the same timing (benchmarks/ is the script's own folder)
 from torch import nn
 
-from focalbench.models import VARIANTS, build_backbone
+from focalbench.models import VARIANTS, TimmBackbone, build_backbone
 from focalbench.models.detection import build_mask_rcnn
 from focalbench.models.dino import DINO, DINOCriterion
 from focalbench.models.heads import UPerNet
@@ -45,6 +52,14 @@ def backbone_kwargs(name: str) -> dict:
     if name.startswith("swin"):
         return {"dynamic_img_size": True}
     return {}
+
+
+def make_backbone(spec: str) -> nn.Module:
+    """Ours by variant name, any timm model by its name, timm's own FocalNet as ``timm:focalnet_*`` (focal window 9
+    at every stage, as ours)."""
+    if spec.startswith("timm:"):
+        return TimmBackbone(spec[5:], focal_windows=(9,) * 4)
+    return build_backbone(spec, **backbone_kwargs(spec))
 
 
 def bare(backbone: nn.Module, args) -> Callable[[torch.Tensor], object]:
@@ -124,6 +139,19 @@ def mask_rcnn_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], None]
     return optimizer_step(model.train(), lambda image: sum(model([image], [fixed_target(image)]).values()))
 
 
+def upernet_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], None]:
+    model = UPerNet(backbone, 150, channels=512).to(args.device).train()
+    generator = torch.Generator().manual_seed(0)
+    size = (TRAIN_BATCH["upernet"], args.seg_size, args.seg_size)
+    labels = torch.randint(0, 150, size, generator=generator).to(args.device)
+
+    def loss(image: torch.Tensor) -> torch.Tensor:
+        out = model(image.expand(TRAIN_BATCH["upernet"], -1, -1, -1))
+        return F.cross_entropy(out["out"], labels) + 0.4 * F.cross_entropy(out["aux"], labels)
+
+    return optimizer_step(model, loss)
+
+
 def dino_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], None]:
     model, criterion = dino_model(backbone, args).train(), DINOCriterion(80)
 
@@ -153,9 +181,14 @@ def optimizer_step(model: nn.Module, loss: Callable[[torch.Tensor], torch.Tensor
     return step
 
 
+# Images in one training step where one is too few: UPerNet's pooling module ends in BatchNorm over 1x1 maps, which
+# needs more than one value per channel in training. The printed s/img divides the step by this.
+TRAIN_BATCH = {"upernet": 2}
+
 # Head name -> (backbone, args) -> one training step on one 3xHxW image (``--train``).
 TRAIN_STEPS: dict[str, Callable[[nn.Module, argparse.Namespace], Callable[[torch.Tensor], None]]] = {
     "mask_rcnn": mask_rcnn_train,
+    "upernet": upernet_train,
     "mask2former": mask2former_train,
     "dino": dino_train,
 }
@@ -172,14 +205,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train", action="store_true", help="also time a training step of " + ", ".join(TRAIN_STEPS))
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     images = {head: torch.rand(3, *input_size(head, args), device=args.device) for head in args.heads}
-    backbones = {name: build_backbone(name, **backbone_kwargs(name)).to(args.device).eval() for name in args.backbones}
+    backbones = {name: make_backbone(name).to(args.device).eval() for name in args.backbones}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    print(f"# {device}; fp32; one image per call; median of {args.repeats} after {args.warmup}")
+    print(
+        f"# {device}; fp32; one image per call; median of {args.repeats} after {args.warmup}; {args.clock} clock; "
+        f"{load_average()} at the start"
+    )
     print(f"{'head':<10} {'size':>9} {'backbone':<32} {'s/img':>8} {'img/s':>8}")
     for head in args.heads:
         fns = {}
@@ -194,7 +233,9 @@ def main() -> None:
             for name, backbone in backbones.items():
                 torch.manual_seed(0)
                 steps[name] = lambda run=TRAIN_STEPS[head](backbone, args), image=images[head]: run(image)
-            report(f"{head}-train", size, interleaved(steps, args), args)
+            per_image = {n: t / TRAIN_BATCH.get(head, 1) for n, t in interleaved(steps, args).items()}
+            report(f"{head}-train", size, per_image, args)
+    print(f"# {load_average()} at the end")
 
 
 def report(head: str, size: str, seconds: dict[str, float], args) -> None:
@@ -202,7 +243,7 @@ def report(head: str, size: str, seconds: dict[str, float], args) -> None:
         print(f"{head:<10} {size:>9} {name:<32} {s:>8.3f} {1 / s:>8.2f}")
     ours = args.backbones[0]
     for name in args.backbones[1:]:
-        print(f"  {head}: {ours} runs at {seconds[name] / seconds[ours]:.2f}x the speed of {name}")
+        print(f"  {head}: {ours} runs at {seconds[name] / seconds[ours]:.2f}x the speed of {name} ({load_average()})")
 
 
 def _inference(run: Callable[[torch.Tensor], object], image: torch.Tensor) -> object:

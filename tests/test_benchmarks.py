@@ -4,6 +4,7 @@ asserted)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,30 @@ def test_backbone_speed_prints_ratios_and_memory(tmp_path):
     for result in results.values():
         assert result["fwd"] > 0 and result["train"] > 0
         assert 0 < result["mem_mb"] < 4096  # the spawned first step's rise in resident memory
+
+
+@pytest.mark.slow
+def test_dw_grad_speed_checks_and_times_every_candidate():
+    command = [
+        sys.executable, "benchmarks/dw_grad_speed.py", "--shapes", "2x16x12x12", "--kernels", "3", "7",
+        "--layouts", "channels_last", "contiguous", "--threads", "1", "--warmup", "0", "--repeats", "1",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("2x16x12x12")]
+    assert len(rows) == 2 * 2 * 2  # precisions x layouts x kernels, each with a time and ratio per candidate
+    assert all(len(re.findall(r"\d\.\dx", row)) == 6 for row in rows)  # default + 5 candidates
+    assert "relative errors" not in run.stdout  # every candidate agreed with autograd's weight gradient
+
+
+@pytest.mark.slow
+def test_dense_speed_trains_against_timms_focalnet_at_window_9():
+    command = [
+        sys.executable, "benchmarks/dense_speed.py", "--backbones", "focalnet_tiny_srf", "timm:focalnet_tiny_srf",
+        "--heads", "upernet", "--train", "--seg-size", "64", "--threads", "1", "--warmup", "0", "--repeats", "1",
+        "--clock", "cpu",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "upernet-train: focalnet_tiny_srf runs at" in run.stdout
+    assert "the speed of timm:focalnet_tiny_srf (load" in run.stdout

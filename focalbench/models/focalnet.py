@@ -27,8 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 from focalbench.errors import ConfigError
 from focalbench.models.contract import pad_to_multiple
+from focalbench.models.dwconv import DepthwiseConv2d
 from focalbench.models.fused import block_fused, fused_path_available
-from focalbench.models.layout import channels_last_grad
+from focalbench.models.layout import global_mean, split_channels
 
 
 def LayerNorm2d(dim: int) -> nn.Module:  # noqa: N802 - a layer factory, named like the layer it builds
@@ -61,10 +62,7 @@ class FocalModulation(nn.Module):
         self.normalize_modulator = normalize_modulator
         self.f = nn.Conv2d(dim, 2 * dim + focal_level + 1, 1)
         self.kernel_sizes = [focal_factor * level + focal_window for level in range(focal_level)]
-        self.focal_layers = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
-            for k in self.kernel_sizes
-        )
+        self.focal_layers = nn.ModuleList(nn.Sequential(DepthwiseConv2d(dim, k), nn.GELU()) for k in self.kernel_sizes)
         self.act = nn.GELU()
         self.h = nn.Conv2d(dim, dim, 1)
         self.ln = LayerNorm2d(dim) if use_post_norm else nn.Identity()
@@ -72,14 +70,14 @@ class FocalModulation(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, ctx, gates = channels_last_grad(self.f(x)).split((self.dim, self.dim, self.focal_level + 1), dim=1)
+        q, ctx, gates = split_channels(self.f(x), (self.dim, self.dim, self.focal_level + 1))
         ctx_all = None
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = focal_layer(ctx)
             gate = gates[:, level : level + 1]
             # addcmul: one pass over memory per level where `+ ctx * gate` makes two and a temporary
             ctx_all = ctx * gate if ctx_all is None else torch.addcmul(ctx_all, ctx, gate)
-        ctx_global = self.act(channels_last_grad(ctx).mean((2, 3), keepdim=True))
+        ctx_global = self.act(global_mean(ctx))
         gate = gates[:, self.focal_level :]
         ctx_all = ctx_global * gate if ctx_all is None else torch.addcmul(ctx_all, ctx_global, gate)  # None: L = 0
         if self.normalize_modulator:

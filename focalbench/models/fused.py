@@ -13,6 +13,8 @@ cache. The fused forms used here, all exact (erf GELU, fp32 accumulation):
 
 These oneDNN ops have no autograd, so the path runs only where no gradient is wanted (``torch.no_grad`` /
 ``inference_mode``, eval mode), on CPU, in fp32 or under CPU bf16 autocast. Elsewhere the plain modules run.
+Under torch.compile the two oneDNN calls are registered custom ops (``focalbench::conv_gelu``,
+``focalbench::conv1x1_binary``) with fake kernels, so inductor keeps them and fuses the rest around them.
 Forward hooks on the inner modules (``modulation.h``, ``mlp.fc1`` …) do not fire on this path: call
 ``set_fused_inference(False)`` on the model first (the modulation-map callback does).
 """
@@ -25,16 +27,19 @@ from torch import nn
 
 _conv_unary = torch.ops.mkldnn._convolution_pointwise.default
 _conv_binary = torch.ops.mkldnn._convolution_pointwise.binary
+_CL = torch.channels_last
+_MKLDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile cannot trace the call
 
 
 def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
-    """Whether the fused forward applies: CPU tensor, no grad wanted, eval mode, oneDNN present."""
+    """Whether the fused forward applies: CPU tensor, no grad wanted, eval mode, oneDNN present. Under
+    torch.compile too: the oneDNN calls are then the custom ops below, which inductor keeps as they are."""
     return (
         x.device.type == "cpu"
-        and not torch.compiler.is_compiling()  # under torch.compile, inductor does its own fusion
         and not module.training
         and not torch.is_grad_enabled()
-        and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_exporting()  # exporters need plain ATen ops
+        and _MKLDNN
         and x.dtype in (torch.float32, torch.bfloat16)
     )
 
@@ -45,34 +50,79 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _weight(conv: nn.Conv2d, dtype: torch.dtype, scale: torch.Tensor | None = None):
     """The conv's weight and bias in ``dtype`` with γ folded in, cached on the module until any of them changes
-    (an optimizer step bumps the tensors' versions), so repeated forwards do not re-cast or re-scale them."""
-    key = (dtype, conv.weight._version, conv.weight.data_ptr())
-    if conv.bias is not None:
-        key += (conv.bias._version,)
+    (an optimizer step bumps the tensors' versions), so repeated forwards do not re-cast or re-scale them. Under
+    torch.compile the (small) cast and scale are traced instead: the cache's version checks would break the graph."""
+    weight, bias = conv.weight, conv.bias
+    if torch.compiler.is_compiling():
+        return _scaled_cast(weight, bias, dtype, scale)
+    key = (dtype, weight._version, weight.data_ptr())
+    if bias is not None:
+        key += (bias._version,)
     if scale is not None:
         key += (scale._version, scale.data_ptr())
     cached = getattr(conv, "_fused_weights", None)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
-    weight, bias = conv.weight, conv.bias
-    if scale is not None:
-        weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale if bias is not None else None
-    weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
+    weight, bias = _scaled_cast(weight, bias, dtype, scale)
     object.__setattr__(conv, "_fused_weights", (key, weight, bias))  # a plain attribute: not in the state dict
     return weight, bias
 
 
+def _scaled_cast(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, scale: torch.Tensor | None):
+    if scale is not None:
+        weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale if bias is not None else None
+    return weight.to(dtype), bias.to(dtype) if bias is not None else None
+
+
+# The two oneDNN calls as custom ops with fake (shape) kernels, for torch.compile: inductor keeps a custom op as
+# one opaque call, while its own fake kernel for mkldnn._convolution_pointwise assumes channels_last inputs that its
+# own passes arrange (ours may come in any layout: the op makes them channels_last, so its output always is).
+@torch.library.custom_op("focalbench::conv_gelu", mutates_args=())
+def _conv_gelu_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: list[int], groups: int
+) -> torch.Tensor:
+    x = x.contiguous(memory_format=_CL)
+    return _conv_unary(x, weight, bias, padding, [1, 1], [1, 1], groups, "gelu", [], "none").contiguous(
+        memory_format=_CL
+    )
+
+
+@_conv_gelu_op.register_fake
+def _(x, weight, bias, padding, groups):  # noqa: ANN001, ANN202 - the op's signature
+    n, _, h, w = x.shape
+    k_h, k_w = weight.shape[-2:]
+    size = (n, weight.shape[0], h + 2 * padding[0] - k_h + 1, w + 2 * padding[1] - k_w + 1)
+    return x.new_empty(size).contiguous(memory_format=_CL)
+
+
+@torch.library.custom_op("focalbench::conv1x1_binary", mutates_args=())
+def _conv1x1_binary_op(
+    x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op: str
+) -> torch.Tensor:
+    x, other = x.contiguous(memory_format=_CL), other.contiguous(memory_format=_CL)
+    out = _conv_binary(x, other, weight, bias, [0, 0], [1, 1], [1, 1], 1, op, None, None, [], None)
+    return out.contiguous(memory_format=_CL)
+
+
+@_conv1x1_binary_op.register_fake
+def _(x, other, weight, bias, op):  # noqa: ANN001, ANN202
+    return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:])).contiguous(memory_format=_CL)
+
+
 def conv_gelu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``GELU(conv(x))`` in one oneDNN call (exact erf GELU)."""
+    """``GELU(conv(x))`` in one oneDNN call (exact erf GELU); stride 1."""
     weight, bias = _weight(conv, x.dtype)
-    geometry = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
-    return _conv_unary(x, weight, bias, *geometry, "gelu", [], "none")
+    if torch.compiler.is_compiling():
+        return _conv_gelu_op(x, weight, bias, list(conv.padding), conv.groups)
+    return _conv_unary(x, weight, bias, list(conv.padding), [1, 1], [1, 1], conv.groups, "gelu", [], "none")
 
 
 def conv_then(x: torch.Tensor, other: torch.Tensor, conv: nn.Conv2d, op: str, scale: torch.Tensor | None = None):
-    """``scale·conv(x) ∘ other`` for ``op`` in {"add", "mul"}, in one oneDNN call."""
+    """``scale·conv(x) ∘ other`` for a 1×1 ``conv`` and ``op`` in {"add", "mul"}, in one oneDNN call."""
     weight, bias = _weight(conv, x.dtype, scale)
     other = other.to(x.dtype)
+    if torch.compiler.is_compiling():
+        return _conv1x1_binary_op(x, other, weight, bias, op)
     return _conv_binary(x, other, weight, bias, [0, 0], [1, 1], [1, 1], 1, op, None, None, [], None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focalbench.models import VARIANTS, create_model
+from focalbench.models import VARIANTS, create_model, fused
 
 TINY = {"embed_dim": 16, "depths": (1, 1, 2, 1)}
 # one variant per combination of flags: plain, LayerScale + post-norm (+ normalize), post-norm in modulation, iso
@@ -96,3 +96,42 @@ def test_global_context_only_model_runs_fused_and_plain():
     model.train()
     model(x).sum().backward()
     assert modulation.f.weight.grad is not None
+
+
+def test_custom_ops_for_torch_compile_pass_opcheck():
+    """The oneDNN calls as torch.library custom ops: fake kernels agree with the real ones (shapes, strides,
+    dtypes), for inputs in either layout."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 7)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = x.contiguous(memory_format=layout)
+        depthwise, pointwise = torch.randn(8, 1, 5, 5), torch.randn(6, 8, 1, 1)
+        torch.library.opcheck(fused._conv_gelu_op, (x, depthwise, None, [2, 2], 8))
+        torch.library.opcheck(fused._conv_gelu_op, (x, pointwise, torch.randn(6), [0, 0], 1))
+        other = torch.randn(2, 6, 5, 7).contiguous(memory_format=layout)
+        for op in ("add", "mul"):
+            torch.library.opcheck(fused._conv1x1_binary_op, (x, other, pointwise, torch.randn(6), op))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_fused_forward_equals_plain_without_graph_breaks(precision):
+    """Under torch.compile the fused path stays (as custom ops inductor keeps) and computes the plain function."""
+    import torch._dynamo
+
+    model, x = _model("focalnet_large_fl4"), torch.randn(2, 3, 64, 64)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        model.set_fused_inference(False)
+        plain = model(x).float()
+        model.set_fused_inference(True)
+        compiled = torch.compile(model)(x).float()
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    graphs = []
+    with torch.no_grad():  # the traced graph holds the custom ops (a capturing backend: no inductor needed)
+        torch.compile(model, backend=lambda gm, _: graphs.append(gm.code) or gm.forward)(x)
+    assert "focalbench.conv_gelu" in graphs[0] and "focalbench.conv1x1_binary" in graphs[0]
+    tolerance = 0.02 * plain.abs().max() if precision == "bf16" else 1e-5
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance)
