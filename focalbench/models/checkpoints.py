@@ -263,6 +263,11 @@ def _adapt(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> t
     if new_norms:
         allowed_missing += new_norms
         notes.append("per-stage output norms norm0..3 newly initialised")
+    unused_norms = [k for k in state if re.match(r"norm\d\.", k) and k not in target]
+    if unused_norms:  # a backbone of fewer levels (DINO-4scale: strides 8-32) from a checkpoint of every level
+        for key in unused_norms:
+            del state[key]
+        notes.append("output norms of levels the model does not return dropped")
     for key, value in list(state.items()):
         want = target.get(key)
         if want is None or want.shape == value.shape:

@@ -140,15 +140,17 @@ def build_backbone(
 ) -> nn.Module:
     """A :class:`~focalbench.models.contract.DenseBackbone`: a FocalNet variant (per-stage norms, focal window
     from ``overrides``; every stage by default) or any timm model (:class:`TimmBackbone`; by default its last four
-    levels at stride >= 4, e.g. 4/8/16/32). FocalNet architecture ``overrides`` are dropped, with a warning, for
-    a timm model, so one config serves both."""
+    levels at stride >= 4, e.g. 4/8/16/32). ``out_indices`` picks the levels; negative ones count from the deepest
+    (``(-3, -2, -1)``: strides 8/16/32 of either). FocalNet architecture ``overrides`` are dropped, with a warning,
+    for a timm model, so one config serves both."""
     if not is_focalnet(name):
         overrides = drop_focalnet_kwargs(name, overrides)
         return TimmBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
     variant = get_variant(name)
     kwargs = {**variant.kwargs, **overrides}
-    default_indices = tuple(range(len(kwargs.get("depths", (2, 2, 6, 2)))))  # every stage (one for the *_iso)
-    model = FocalNetBackbone(out_indices=default_indices if out_indices is None else out_indices, **kwargs)
+    stages = len(kwargs.get("depths", (2, 2, 6, 2)))  # one for the *_iso
+    indices = range(stages) if out_indices is None else [i % stages for i in out_indices]  # every stage by default
+    model = FocalNetBackbone(out_indices=tuple(indices), **kwargs)
     model.variant = variant
     if pretrained:
         load_into(model, pretrained)

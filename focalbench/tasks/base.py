@@ -141,11 +141,16 @@ class BaseTask(LightningModule):
     prediction_writer: str | None = None
     pretrained_includes_heads = False  # whether ``pretrained`` weights carry the heads too (a classifier's do)
 
-    def build_dense_backbone(self) -> nn.Module:
-        """The multi-scale backbone of the dense tasks (:func:`build_backbone`) from the hyperparameters."""
+    def build_dense_backbone(self, out_indices: Sequence[int] | None = None) -> nn.Module:
+        """The multi-scale backbone of the dense tasks (:func:`build_backbone`) from the hyperparameters; the levels
+        ``out_indices`` (every stage by default; negative ones count from the deepest)."""
         hp = self.hparams
         return build_backbone(
-            hp.backbone, pretrained=hp.pretrained, drop_path_rate=hp.drop_path_rate, **(hp.backbone_kwargs or {})
+            hp.backbone,
+            pretrained=hp.pretrained,
+            out_indices=out_indices,
+            drop_path_rate=hp.drop_path_rate,
+            **(hp.backbone_kwargs or {}),
         )
 
     # ------------------------------------------------------------------ running

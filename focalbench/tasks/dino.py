@@ -75,8 +75,10 @@ class DINOTask(BaseTask):
     # ------------------------------------------------------------------ building
     def configure_models(self) -> None:
         hp = self.hparams
+        # Only the maps DINO reads (4-scale: strides 8-32), as the official FocalNet-DINO's out_indices (1, 2, 3):
+        # an unused output norm would get no gradient, which DDP refuses.
         self.model = DINO(
-            self.build_dense_backbone(),
+            self.build_dense_backbone(out_indices=range(1 - hp.num_levels, 0)),
             hp.num_classes,
             hidden_dim=hp.hidden_dim,
             encoder_layers=hp.encoder_layers,

@@ -189,6 +189,39 @@ def test_decoder_attention_mask_stops_leaks_between_groups_and_into_matching_que
     assert not torch.allclose(unmasked[:, :, 8:], logits[:, :, 8:])  # without the mask the matching queries leak
 
 
+# ---------------------------------------------------------------- initialisation
+def test_transformer_initialisation_follows_the_official_code():
+    # DINO's DeformableTransformer._reset_parameters: Xavier-uniform, U(±√(6 / (fan_in + fan_out))), for every matrix
+    # of the transformer (encoder, decoder layers, positional-query MLP, proposal projection, content queries), then
+    # the deformable attention's own: zero offset weights with a grid of biases, zero attention-weight logits.
+    # Hugging Face's normal(0, 0.02) instead made the CPU demo learn slower (see configs/demo_det_dino.yaml).
+    torch.manual_seed(0)
+    model = DINO(
+        build_backbone("resnet18"), 3, hidden_dim=64, encoder_layers=1, decoder_layers=2, num_heads=4, ffn_dim=256,
+        num_points=2, num_queries=50,
+    )  # fmt: skip
+    layer = model.decoder.layers[1]
+    matrices = {
+        "encoder ffn": model.encoder.layers[0].mlp.fc1.weight,
+        "self-attention": layer.self_attn.q_proj.weight,
+        "cross-attention values": layer.encoder_attn.value_proj.weight,
+        "decoder ffn": layer.mlp.fc2.weight,
+        "positional-query MLP": model.decoder.query_pos_head.layers[0].weight,
+        "proposal projection": model.query_selection.enc_output.weight,
+        "content queries": model.query_selection.content.weight,
+    }
+    for name, weight in matrices.items():
+        fan_out, fan_in = weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert weight.abs().max().item() <= bound, name
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1), name
+    for attention in (model.encoder.layers[0].self_attn, layer.encoder_attn):
+        assert not attention.sampling_offsets.weight.any() and not attention.attention_weights.weight.any()
+        assert not attention.attention_weights.bias.any()
+        first_point = attention.sampling_offsets.bias.view(4, -1, 2, 2)[:, :, 0]  # heads, levels, points, xy
+        assert first_point.abs().amax(-1).eq(1).all()  # each head's first point on a unit square, the next at 2x
+
+
 # ---------------------------------------------------------------- the detector's conventions
 @pytest.fixture
 def tiny_dino() -> DINO:

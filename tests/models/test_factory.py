@@ -67,6 +67,22 @@ def test_backbone_levels_and_inputs_not_divisible_by_32():
     assert subset.strides == [8, 32] and subset.out_channels == [16, 64] and len(subset(x)) == 2
 
 
+def test_negative_levels_count_from_the_deepest_and_load_a_checkpoint_of_every_level(tmp_path, caplog):
+    # DINO-4scale's backbone returns strides 8-32 only; a dense checkpoint with all four output norms still loads.
+    torch.manual_seed(0)
+    every = build_backbone("focalnet_tiny_srf", **TINY).eval()
+    randomise_norms(every)
+    path = save_safetensors(every, tmp_path / "dense.safetensors")
+    with caplog.at_level(logging.WARNING, logger="focalbench.models.checkpoints"):
+        deepest = build_backbone("focalnet_tiny_srf", out_indices=(-3, -2, -1), pretrained=path, **TINY).eval()
+    assert deepest.strides == [8, 16, 32] and not hasattr(deepest, "norm0")
+    assert "output norms of levels the model does not return dropped" in caplog.text
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(deepest(x), every(x)[1:], strict=True):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [

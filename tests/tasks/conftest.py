@@ -56,10 +56,13 @@ def make_class_folders():
     return write_class_folders
 
 
-def _validate(config: str, devices: int, log_dir: Path, extra: list[str]) -> dict[str, float]:
-    """Run ``cli.py validate`` as users do (DDP re-launches the script per rank) and read the logged metrics."""
+def _validate(
+    config: str, devices: int, log_dir: Path, extra: list[str], subcommand: str = "validate"
+) -> dict[str, float]:
+    """Run ``cli.py validate`` (or ``fit``) as users do (DDP re-launches the script per rank) and read the last
+    logged validation metrics."""
     command = [
-        sys.executable, str(REPO / "cli.py"), "validate", "--config", config,
+        sys.executable, str(REPO / "cli.py"), subcommand, "--config", config,
         "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
         "--trainer.strategy", "ddp" if devices > 1 else "auto", "--trainer.callbacks", "[]",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(log_dir),
@@ -69,13 +72,15 @@ def _validate(config: str, devices: int, log_dir: Path, extra: list[str]) -> dic
     done = subprocess.run(command, cwd=log_dir, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader(open(next(log_dir.rglob("metrics.csv")))))
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val_") and v}
+    last = [row for row in rows if any(k.startswith("val_") and v for k, v in row.items())][-1]
+    return {k: float(v) for k, v in last.items() if k.startswith("val_") and v}
 
 
 @pytest.fixture
 def cli_validate():
-    """``cli_validate(config, devices, log_dir, extra_args) -> {metric: value}``: ``cli.py validate`` in a
-    subprocess (DDP needs a script to re-launch), metrics read back from a CSVLogger."""
+    """``cli_validate(config, devices, log_dir, extra_args[, subcommand="fit"]) -> {metric: value}``: ``cli.py
+    validate`` (or ``fit``) in a subprocess (DDP needs a script to re-launch), the last validation metrics read back
+    from a CSVLogger."""
     return _validate
 
 

@@ -141,6 +141,25 @@ class DINO(nn.Module):
         self.query_selection = MixedQuerySelection(hidden_dim, num_classes, num_queries)
         self.decoder = DINODecoder(self.config, class_head(hidden_dim, num_classes), box_head(hidden_dim))
         self.label_embedding = nn.Embedding(num_classes + 1, hidden_dim)  # CDN labels; the last row: padding
+        self.reset_transformer_parameters()
+
+    def reset_transformer_parameters(self) -> None:
+        """DINO's initialisation of its transformer (``DeformableTransformer._reset_parameters``): Xavier-uniform for
+        every matrix of the encoder, the decoder layers, the positional-query MLP and the proposal projection, then
+        the deformable attention's own (offsets on a grid, zero attention logits: Hugging Face's, which equals it).
+        Hugging Face initialises these matrices with normal(0, 0.02) instead."""
+        parts = [self.encoder, self.decoder.layers, self.decoder.query_pos_head, self.query_selection.enc_output]
+        keep = {  # the deformable attention's offset and weight layers keep their (official) initialisation
+            id(p)
+            for part in parts
+            for name, module in part.named_modules()
+            if name.endswith(("sampling_offsets", "attention_weights"))
+            for p in module.parameters()
+        }
+        for part in parts:
+            for p in part.parameters():
+                if p.dim() > 1 and id(p) not in keep:
+                    nn.init.xavier_uniform_(p)
 
     # Hugging Face's valid (unpadded) fraction of each level's width and height; it reads nothing from ``self``.
     get_valid_ratio = DeformableDetrModel.get_valid_ratio

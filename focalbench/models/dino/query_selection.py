@@ -73,7 +73,7 @@ class MixedQuerySelection(nn.Module):
         self.class_head = class_head(hidden_dim, num_classes)
         self.box_head = box_head(hidden_dim)
         self.content = nn.Embedding(num_queries, hidden_dim)
-        nn.init.normal_(self.content.weight)
+        nn.init.xavier_uniform_(self.content.weight)  # DINO's (its transformer's reset covers ``tgt_embed``)
 
     def forward(
         self, memory: torch.Tensor, valid: torch.Tensor, spatial_shapes: list[tuple[int, int]]
