@@ -232,11 +232,11 @@ def test_two_process_validation_equals_one_process(tmp_path, tiny_args, cli_vali
         assert double[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 12 of the demo config's 30 epochs (the CI's 30 minutes): about 2 min on the 2-core CPU
 def test_demo_recipe_learns_the_shapes(tmp_path):
     cli = run(
-        "fit", "--config", "demo_seg.yaml", "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--trainer.callbacks", "[]",
+        "fit", "--config", "demo_seg.yaml", "--trainer.max_epochs", "12", "--trainer.default_root_dir",
+        str(tmp_path / "runs"), "--trainer.callbacks", "[]",
     )  # fmt: skip
-    # measured 0.330 (configs/demo_seg.yaml); all background scores 0.172
-    assert float(cli.trainer.callback_metrics["val_mIoU"]) > 0.28
+    # measured 0.274 after these 12 epochs (1.8 min; the config's 30: 0.37-0.38); all background scores 0.172
+    assert float(cli.trainer.callback_metrics["val_mIoU"]) > 0.23
