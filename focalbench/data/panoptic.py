@@ -207,15 +207,19 @@ class PanopticDataModule(BaseDataModule):
         return {"train": train, "val": val, **({"test": source[test]} if test else {})}
 
     @cached_property
+    def _hf_class_names(self) -> list[str]:
+        return class_names_of(next(iter(self._hf_source.values())).features, self.given_class_names)
+
+    @cached_property
     def _hf_rows(self) -> dict[str, list[tuple[int, list[dict]]]]:
-        names = class_names_of(next(iter(self._hf_source.values())).features, self.given_class_names)
+        names = self._hf_class_names
         return {split: segment_rows(ds, names, f"split '{split}'") for split, ds in self._hf_splits.items()}
 
     # ------------------------------------------------------------------ classes and records
     @cached_property
     def categories(self) -> PanopticCategories:
         if self._files is None:
-            names = class_names_of(next(iter(self._hf_source.values())).features, self.given_class_names)
+            names = self._hf_class_names
             things = things_of([row for rows in self._hf_rows.values() for row in rows], names)
             return PanopticCategories(tuple(range(len(names))), tuple(names), things)
         found = {

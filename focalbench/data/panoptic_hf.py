@@ -71,11 +71,6 @@ def class_names_of(features: datasets.Features, given: Sequence[str] | None) -> 
     return names
 
 
-def segments_of(cell: object) -> list[dict]:
-    """One row's segments as a list of dicts (from either layout)."""
-    return _rows_of_objects(cell)
-
-
 def things_of(rows: Sequence[tuple[int, list[dict]]], names: Sequence[str]) -> tuple[bool, ...] | None:
     """Per class, whether it is a thing, from the segments' ``isthing`` flags (:func:`segment_rows` of every split;
     classes that never appear count as things); None when the segments carry no ``isthing``."""
@@ -98,7 +93,7 @@ def segment_rows(ds: datasets.Dataset, names: Sequence[str], where: str) -> list
     rows = []
     for row, (image_id, cell) in enumerate(zip(image_ids, ds["segments_info"])):
         segments = []
-        for k, segment in enumerate(segments_of(cell)):
+        for k, segment in enumerate(_rows_of_objects(cell)):  # from either layout
             missing = [key for key in ("id", "category_id") if segment.get(key) is None]
             if missing:
                 raise DataSourceError(f"{where} row {row}: segment {k} has no {missing} (keys: {sorted(segment)})")
