@@ -29,7 +29,7 @@ from PIL import Image
 from focalbench.data.demo import SHAPE_CLASSES, default_root, make_scene
 from focalbench.data.panoptic_format import id_to_rgb
 
-VERSION = "demo-panoptic-v2"  # v2: each thing class in its own colour family (v1: random colours)
+VERSION = "demo-panoptic-v3"  # v3: shapes drawn as on demo-v3 (a few differ); v2: a colour family per thing class
 STUFF_CLASSES = ("sky", "ground")
 CATEGORIES = [
     *({"id": k + 1, "name": name, "isthing": 1, "supercategory": "shape"} for k, name in enumerate(SHAPE_CLASSES)),

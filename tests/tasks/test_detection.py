@@ -211,8 +211,8 @@ def demo_box_map(config: str, tmp_path: Path, epochs: int, batches: int, workers
 
 @pytest.mark.slow
 def test_demo_recipe_learns(tmp_path):
-    # measured 0.089 after these 120 steps (0.056 after one full epoch, 0.81 after the config's 12 epochs)
-    assert demo_box_map("demo_det.yaml", tmp_path, epochs=2, batches=60, workers=2) > 0.03
+    # measured 0.258 after a 2-epoch schedule (0.115 after its first epoch; the config's 7 epochs: 0.756)
+    assert demo_box_map("demo_det.yaml", tmp_path, epochs=2, batches=125, workers=2) > 0.18
 
 
 @pytest.mark.slow
