@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from focalbench.cli import CONFIG_DIR
+from focalbench.cli import CONFIG_DIR, main
 
 REPO = CONFIG_DIR.parent
 
@@ -93,3 +93,16 @@ def write_coco():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.write_coco
+
+
+@pytest.fixture
+def demo_metric(tmp_path: Path):
+    """``demo_metric(config, metric, *overrides)``: ``metric`` at the end of ``fit --config config *overrides`` on
+    the embedded demo data, run under tmp_path without the image-writing callbacks (the demo-learning tests)."""
+
+    def fit(config: str, metric: str, *overrides: str) -> float:
+        args = ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.callbacks", "[]", *overrides]
+        cli = main(["fit", "--config", config, *args])
+        return float(cli.trainer.callback_metrics[metric])
+
+    return fit
