@@ -166,7 +166,7 @@ def test_demo_config_runs_on_the_embedded_data(tmp_path, one_thread):
 
 @pytest.mark.slow  # 300 training steps of the demo recipe: about 1.5 min on the 2-core CPU
 def test_demo_recipe_learns(demo_metric):
-    # measured 0.100 after these 300 steps (an empty prediction scores 0.000; the config's 8 epochs: its header)
+    # measured 0.100 after these 300 steps on demo-v2 data (an empty prediction scores 0.000; the config: its header)
     steps = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "100", "--data.num_workers", "1"]
     assert demo_metric("demo_det_dino.yaml", "val_bbox_mAP", *steps) > 0.05
 
