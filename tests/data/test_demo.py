@@ -98,8 +98,8 @@ def _chroma(pixels: np.ndarray) -> float:
 
 
 def test_backgrounds_are_muted_and_shapes_saturated() -> None:
-    # The demo classes differ only by outline. With backgrounds as tinted as the shapes (demo-v2: median 15.6, up to
-    # 33.5 on this measure) the tiny demo FocalNet needed about twice the steps to learn them.
+    # The demo classes differ only by outline. With backgrounds as tinted as the shapes (the demo-v2 generator gives
+    # up to 33.4 here) the tiny demo FocalNet needed about twice the steps to learn them.
     backgrounds, shapes = [], []
     for seed in range(100):
         scene = make_scene(np.random.default_rng(seed), labels=[0])
