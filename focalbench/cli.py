@@ -50,9 +50,7 @@ def _resolve(name: str) -> str:
     for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return str(candidate)
-    raise ConfigError(
-        f"config '{name}' not found here or in {CONFIG_DIR}; available: {', '.join(available_configs())}"
-    )
+    raise ConfigError(f"config '{name}' not found here or in {CONFIG_DIR}; available: {', '.join(available_configs())}")
 
 
 class FocalbenchCLI(LightningCLI):

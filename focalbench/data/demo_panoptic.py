@@ -61,7 +61,7 @@ def _thing_colour(rng: np.random.Generator, label: int) -> np.ndarray:
 
 def make_panoptic_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """One scene: the RGB uint8 image, its H×W segment-id map and its ``segments_info``."""
-    scene = make_scene(rng, image_size=size, task="segmentation")
+    scene = make_scene(rng, image_size=size, task="panoptic")
     background, sky = _stuff_background(rng, size)
     image = background.copy()
     shapes = np.zeros((size, size), bool)

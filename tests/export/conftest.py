@@ -35,7 +35,8 @@ def fit_checkpoint(config: str, root: Path) -> Path:
     """One training step and one validation batch: a real ModelCheckpoint file with a best score."""
     main([
         "fit", "--config", config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-        "--trainer.limit_val_batches", "1", "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(root),
+        "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.callbacks", "[]",
+        "--trainer.default_root_dir", str(root),
         *ARGS[config],
     ])  # fmt: skip
     (best,) = [p for p in root.rglob("*.ckpt") if p.name != "last.ckpt"]
