@@ -232,8 +232,8 @@ def test_two_process_validation_equals_one_process(tmp_path, tiny_args, cli_vali
         assert double[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
 
 
-@pytest.mark.slow  # 16 of the demo config's 40 epochs (the CI's 30 minutes): about 2 min on the 2-core CPU
+@pytest.mark.slow  # 16 of the demo config's 36 epochs (the CI's 30 minutes): about 2 min on the 2-core CPU
 def test_demo_recipe_learns_the_shapes(demo_metric):
-    # measured 0.406 after these 16 epochs (the config's 40: 0.718); all background scores 0.165, and shapes found but
+    # measured 0.406 after these 16 epochs (the config's 36: 0.700); all background scores 0.165, and shapes found but
     # all called circles about 0.28 (the plateau before the shape classes are picked up)
     assert demo_metric("demo_seg.yaml", "val_mIoU", "--trainer.max_epochs", "16") > 0.33
