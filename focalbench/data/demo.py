@@ -41,8 +41,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-VERSION = "demo-v4"  # v4: larger segmentation shapes; v3: muted background colour (BACKGROUND_CHROMA); v2: 4000
-# classification training images
+VERSION = "demo-v4"  # v4: larger segmentation shapes; v3: muted backgrounds (BACKGROUND_CHROMA); v2: 4000 cls images
 BACKGROUND_CHROMA = 0.25  # v2 and before: 1.0
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "star", "triangle")  # sorted, as image folders order them
 SEGMENTATION_CLASSES: tuple[str, ...] = ("background", *SHAPE_CLASSES)
