@@ -49,6 +49,9 @@ def test_unknown_config_lists_the_available_ones(tmp_path, monkeypatch):
          r"error: focal_windows has 2 entries, expected one per stage \(4\)"),
         (["--config", "demo_seg.yaml", "--model.frozen_stages", "9"],
          r"error: model.frozen_stages=9: the backbone has"),
+        (["--config", "demo_det.yaml", "--model.detector_kwargs.box_batch_size_per_imag", "32"],
+         r"error: model.detector_kwargs: 'box_batch_size_per_imag' is not a MaskRCNN argument; did you mean "
+         r"'box_batch_size_per_image'\?$"),
     ],
 )  # fmt: skip
 def test_config_mistakes_are_one_line_with_exit_2(args, message, tmp_path, monkeypatch, capfd):

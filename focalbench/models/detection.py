@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from difflib import get_close_matches
+from inspect import Parameter, signature
 
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
+from focalbench.errors import ConfigError
 from focalbench.models.contract import input_normalization
 
 
@@ -85,6 +88,7 @@ def build_mask_rcnn(
     fpn_channels: int = 256,
     box_head_dim: int = 1024,
     mask_head_dim: int = 256,
+    roi_sampling_ratio: int = 2,
     **kwargs,
 ) -> MaskRCNN | FasterRCNN:
     """Mask R-CNN (or, with ``with_masks=False``, box-only Faster R-CNN) with FPN on ``backbone``.
@@ -104,12 +108,15 @@ def build_mask_rcnn(
         box_head_dim / mask_head_dim: width of the box head's two fully connected layers (1024) and of the mask
             head's four 3x3 convolutions (256), as mmdet and torchvision; smaller for the CPU demo, where the mask
             head at 256 channels costs more than the whole tiny backbone.
+        roi_sampling_ratio: RoIAlign's bilinear samples per bin side (torchvision's 2; 0 is adaptive,
+            ``ceil(bin size)``, as mmdet and detectron2). RoIAlign's backward runs on one core on CPU, where 1
+            makes it four times cheaper.
         **kwargs: any other ``MaskRCNN`` / ``FasterRCNN`` argument (``rpn_pre_nms_top_n_train``,
             ``box_detections_per_img``, ``rpn_anchor_generator`` …), overriding the defaults set here.
 
     Anchors (as torchvision's ``maskrcnn_resnet50_fpn``): one size per level, 8x the level's stride (32 … 256 on a
     4/8/16/32 backbone, 512 on the extra ``pool`` level), ratios 0.5 / 1 / 2. RoIAlign uses the backbone's levels
-    (``"0"`` … ``"3"``), 7x7 for boxes and 14x14 for masks, sampling ratio 2.
+    (``"0"`` … ``"3"``), 7x7 for boxes and 14x14 for masks.
     """
     fpn = backbone if isinstance(backbone, BackboneFPN) else BackboneFPN(backbone, out_channels=fpn_channels)
     if image_mean is None or image_std is None:
@@ -120,7 +127,7 @@ def build_mask_rcnn(
     sizes = tuple((8 * s,) for s in fpn.strides) + ((16 * fpn.strides[-1],),)  # + the "pool" level at 2x stride
     defaults = {
         "rpn_anchor_generator": AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes)),
-        "box_roi_pool": MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
+        "box_roi_pool": MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=roi_sampling_ratio),
         # The transform pads the batch to what the backbone needs, so feature maps line up with the anchors.
         "size_divisible": fpn.size_divisibility,
     }
@@ -128,10 +135,13 @@ def build_mask_rcnn(
     defaults["box_head"] = TwoMLPHead(fpn.out_channels * 7 * 7, box_head_dim)
     defaults["box_predictor"] = FastRCNNPredictor(box_head_dim, num_classes)
     if with_masks:
-        defaults["mask_roi_pool"] = MultiScaleRoIAlign(featmap_names=names, output_size=14, sampling_ratio=2)
+        defaults["mask_roi_pool"] = MultiScaleRoIAlign(
+            featmap_names=names, output_size=14, sampling_ratio=roi_sampling_ratio
+        )
         defaults["mask_head"] = MaskRCNNHeads(fpn.out_channels, [mask_head_dim] * 4, dilation=1)
         defaults["mask_predictor"] = MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes)
     detector = MaskRCNN if with_masks else FasterRCNN
+    _check_detector_arguments(detector, kwargs)
     return detector(
         fpn,
         num_classes=None,  # given to the predictors above
@@ -141,3 +151,17 @@ def build_mask_rcnn(
         image_std=list(image_std),
         **{**defaults, **kwargs},
     )
+
+
+def _check_detector_arguments(detector: type, kwargs: dict) -> None:
+    """torchvision's detectors hand unknown keywords to their transform, which ignores them: name a misspelt one."""
+    known = [
+        name
+        for name, p in signature(detector.__init__).parameters.items()
+        if p.kind not in (Parameter.VAR_KEYWORD, Parameter.VAR_POSITIONAL) and name not in ("self", "backbone")
+    ] + ["size_divisible", "fixed_size"]  # the transform's own keywords
+    for key in kwargs:
+        if key not in known:
+            close = get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of {sorted(known)}"
+            raise ConfigError(f"model.detector_kwargs: '{key}' is not a {detector.__name__} argument{hint}")

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.ops import roi_align
 
 from focalbench.models import build_backbone
 from focalbench.models.detection import BackboneFPN, build_mask_rcnn
@@ -149,3 +150,21 @@ def test_head_widths_default_to_torchvisions_and_can_shrink(one_thread):
     assert narrow.roi_heads.box_predictor.cls_score.out_features == NUM_CLASSES
     losses = narrow(*batch())
     assert set(losses) == MASK_LOSSES and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_roi_sampling_ratio_reaches_both_poolers(one_thread):
+    assert detector().roi_heads.box_roi_pool.sampling_ratio == 2  # torchvision's default
+    model = detector(roi_sampling_ratio=1)
+    assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 1
+    features = {name: torch.randn(1, 4, 16 // 2**i, 16 // 2**i) for i, name in enumerate(["0", "1", "2", "3"])}
+    box = [torch.tensor([[3.0, 5.0, 40.0, 29.0]])]  # small: RoIAlign takes it from level "0" (stride 4)
+    pooled = model.roi_heads.box_roi_pool(features, box, [(64, 64)])
+    one_sample = roi_align(features["0"], [box[0]], 7, spatial_scale=0.25, sampling_ratio=1)
+    torch.testing.assert_close(pooled, one_sample)
+    assert not torch.allclose(pooled, detector().roi_heads.box_roi_pool(features, box, [(64, 64)]))
+
+
+def test_misspelled_detector_argument_is_named_not_ignored(one_thread):
+    # torchvision passes unknown keywords on to its transform, which drops them: a typo would change nothing
+    with pytest.raises(ValueError, match=r"'box_batch_size_per_imag' is not.*did you mean 'box_batch_size_per_image'"):
+        detector(box_batch_size_per_imag=32)
