@@ -8,6 +8,7 @@
     python benchmarks/backbone_speed.py --models focalnet_tiny_srf@bf16 timm:focalnet_tiny_srf@fp32   # fast path
     python benchmarks/backbone_speed.py --quick                 # smoke run: batch 2, one timed iteration
     OMP_WAIT_POLICY=PASSIVE python benchmarks/backbone_speed.py --clock cpu   # on a machine shared with other jobs
+    python benchmarks/backbone_speed.py --malloc retain         # glibc keeps freed memory: no page faults per step
 
 Every model gets the same input, precision, memory format, compile setting and drop path rate (``--drop-path``).
 Forward: ``inference_mode``, eval (ours then takes its fused oneDNN path on CPU, as it does by default). Train step:
@@ -25,15 +26,22 @@ pass of one training forward (exact, counted over distinct storages; the dominan
 of training memory; under ``--grad-checkpointing`` it leaves out the block inputs that checkpointing keeps itself);
 ``peak MB`` is the whole memory a train step adds: on CUDA the allocator's peak, on CPU the rise of the resident
 size over a first step in a fresh process (weights' gradients and AdamW state included). Both memory columns
-are taken on the eager model, also under ``--compile``.
+are taken on the eager model, also under ``--compile``. ``faults fwd/train``: minor page faults per forward / train
+step (each a fresh 4 KiB page from the kernel). With glibc's default malloc a step faults its large activations in
+anew (blocks over 32 MB are mmap-ed per call, the heap's top is returned when mostly free), which costs the models
+unequally; ``--malloc retain`` keeps freed memory in the process, as jemalloc or tcmalloc would, and the ratios are
+then those of the computation alone. The header names the setting (also ``MALLOC_*_`` variables set outside).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -83,22 +91,53 @@ def timed(fn, args) -> float:
     return interleaved({"fn": fn}, args)["fn"]
 
 
-def interleaved(fns: dict, args) -> dict[str, float]:
+def interleaved(fns: dict, args, faults: dict[str, float] | None = None) -> dict[str, float]:
     """Median seconds per function, timing them in turn within each round, so a change of machine load during
-    the benchmark hits every model alike and the ratios stay fair."""
+    the benchmark hits every model alike and the ratios stay fair. ``faults``, if given, receives the median
+    count of minor page faults per call (fresh pages the allocator took from the kernel)."""
     now = clock(args)
     for fn in fns.values():
         for _ in range(args.warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    counts: dict[str, list[int]] = {name: [] for name in fns}
     for _ in range(args.repeats):
         for name, fn in fns.items():
             synchronize(args.device)
-            start = now()
+            before, start = minor_faults(), now()
             fn()
             synchronize(args.device)
             times[name].append(now() - start)
+            counts[name].append(minor_faults() - before)
+    if faults is not None:
+        faults.update({name: statistics.median(values) for name, values in counts.items()})
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (all threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def retain_freed_memory() -> None:
+    """``--malloc retain``: glibc keeps freed memory for reuse (no ``mmap`` per large block, no trimming of the
+    heap), as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment would. By default glibc
+    serves each block over 32 MB with a fresh ``mmap`` and returns the top of the heap once 2x the largest freed
+    block is free there, so every step faults its large activations in again, page by page."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
+        raise SystemExit("--malloc retain: mallopt failed (glibc's malloc is needed)")
+
+
+def malloc_setting(args) -> str:
+    """The allocator setting the figures were taken under, for the header."""
+    if args.malloc == "retain":
+        return "malloc retain (no mmap, no trim)"
+    env = [f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_") and k.endswith("_")]
+    return "malloc " + (" ".join(env) if env else "glibc default")
 
 
 def load_average() -> str:
@@ -112,18 +151,34 @@ def precision_of(spec: str, args) -> str:
 
 
 def matmul_peak(args, precision: str) -> float:
-    """The best dense GEMM rate (GFLOP/s) this machine reaches in ``precision``: ``torch.mm`` at two sizes and a
-    large 1x1 convolution in channels_last (oneDNN); the ceiling for convolution-bound models."""
+    """The best dense GEMM rate (GFLOP/s) this machine reaches in ``precision``: ``torch.mm`` at two sizes into a
+    preallocated output and a large 1x1 convolution in channels_last (oneDNN), plain and (CPU) accumulating into a
+    preallocated output; the ceiling for convolution-bound models. The preallocated outputs take no fresh pages,
+    so the peak does not depend on the allocator (see :func:`peak_convolutions`)."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     rates = []
     for n in (2048, 4096) if args.device == "cpu" else (8192,):
-        a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
-        rates.append(2 * n**3 / timed(lambda a=a, b=b: a @ b, args) / 1e9)
-    x = torch.randn(8, 512, 56, 56, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(512, 512, 1, 1, device=args.device, dtype=dtype)
+        a, b, c = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(3))
+        rates.append(2 * n**3 / timed(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), args) / 1e9)
+    convolutions, flop = peak_convolutions(args.device, dtype)
     with torch.no_grad():
-        rates.append(2 * x.numel() * 512 / timed(lambda: torch.nn.functional.conv2d(x, w), args) / 1e9)
+        rates.extend(flop / timed(convolution, args) / 1e9 for convolution in convolutions)
     return max(rates)
+
+
+def peak_convolutions(device: str, dtype: torch.dtype) -> tuple[list[Callable[[], object]], int]:
+    """The peak's 1x1 convolution (512 -> 512 channels, 8 x 56 x 56, channels_last) and its FLOP count: plain, and
+    on CPU also oneDNN's in-place form that adds the result into a preallocated output. The plain one's 51 MB
+    output is a fresh ``mmap`` per call under glibc's default malloc, whose page faults cost it up to a sixth of
+    its rate on this project's CPU; the in-place one allocates nothing."""
+    x = torch.randn(8, 512, 56, 56, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 1, 1, device=device, dtype=dtype)
+    convolutions = [lambda: torch.nn.functional.conv2d(x, w)]
+    if device == "cpu" and torch.backends.mkldnn.is_available():
+        out = torch.zeros_like(x)
+        args = (None, [0, 0], [1, 1], [1, 1], 1, "add", None, None, [], None)
+        convolutions.append(lambda: torch.ops.mkldnn._convolution_pointwise_.binary(out, x, w, *args))
+    return convolutions, 2 * x.numel() * 512
 
 
 def gmacs(name: str, size: int) -> float:
@@ -187,8 +242,10 @@ def measure(names: list[str], args) -> dict[str, dict]:
         synchronize(args.device)
         if args.compile:
             results[name]["compile_s"] = time.perf_counter() - start
-    for name, seconds in interleaved({n: forward(m, n) for n, m in models.items()}, args).items():
+    faults: dict[str, float] = {}
+    for name, seconds in interleaved({n: forward(m, n) for n, m in models.items()}, args, faults).items():
         results[name]["fwd"] = args.batch_size / seconds
+        results[name]["fwd_faults"] = faults[name]
 
     train_steps = {n: train_step(m.train(), n, x, y, args) for n, m in models.items()}
     for name, step in train_steps.items():
@@ -197,8 +254,9 @@ def measure(names: list[str], args) -> dict[str, dict]:
         synchronize(args.device)
         if args.compile:
             results[name]["compile_s"] += time.perf_counter() - start
-    for name, seconds in interleaved(train_steps, args).items():
+    for name, seconds in interleaved(train_steps, args, faults).items():
         results[name]["train"] = args.batch_size / seconds
+        results[name]["train_faults"] = faults[name]
     if args.device == "cuda":
         for name, model in models.items():
             torch.cuda.reset_peak_memory_stats()
@@ -234,6 +292,8 @@ def _status_kb(field: str) -> int:
 
 def _first_step_peak(spec: str, args, connection) -> None:
     torch.set_num_threads(args.threads)
+    if args.malloc == "retain":
+        retain_freed_memory()
     step = train_step(prepare(build(spec, args.drop_path), args, compiled=False).train(), spec, *batch(args), args)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets the high-water mark VmHWM to the current resident size
@@ -281,10 +341,15 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
     )
+    parser.add_argument(
+        "--malloc", choices=["default", "retain"], default="default", help="retain: glibc keeps freed memory (Linux)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.quick:
         args.batch_size, args.warmup, args.repeats = 2, 0, 1
+    if args.malloc == "retain":
+        retain_freed_memory()
     torch.set_num_threads(args.threads)
 
     if args.clock == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
@@ -297,7 +362,7 @@ def main() -> None:
         f"grad_checkpointing={args.grad_checkpointing}; "
         f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; {args.clock} clock; "
         f"matmul peak {', '.join(f'{p} {rate:.0f}' for p, rate in peaks.items())} GFLOP/s (measured now); "
-        f"{start_load} at the start"
+        f"{malloc_setting(args)}; {start_load} at the start"
     )
     results = measure(args.models, args)
     for name, result in results.items():
@@ -308,14 +373,15 @@ def main() -> None:
             result["mem_mb"] = cpu_step_peak_mb(name, args)
 
     columns = f"{'fwd img/s':>10} {'train img/s':>12} {'GFLOP/s':>8} {'%peak':>6} {'act. MB':>8} {'peak MB':>8}"
-    columns += f" {'compile s':>9}"
+    columns += f" {'compile s':>9} {'faults fwd/train':>16}"
     print(f"{'model':<36} {columns}")
     for name, r in results.items():
         peak_mb = f"{r['mem_mb']:.0f}" if "mem_mb" in r else "-"
         r["peak_fraction"] = r["gflops"] / peaks[precision_of(name, args)]
         print(
             f"{name:<36} {r['fwd']:>10.1f} {r['train']:>12.2f} {r['gflops']:>8.0f} {100 * r['peak_fraction']:>5.0f}% "
-            f"{r['saved_mb']:>8.0f} {peak_mb:>8} {r['compile_s']:>9.1f}"
+            f"{r['saved_mb']:>8.0f} {peak_mb:>8} {r['compile_s']:>9.1f} "
+            f"{r['fwd_faults']:>7.0f}/{r['train_faults']:<8.0f}"
         )
     print("\nratios, ours / timm (same settings unless a model names its own precision):")
     pairs = dict(PAIRS)

@@ -21,11 +21,11 @@ top-300 post-processing) on ``--size``. With ``--train``, the detectors, UPerNet
 training step (forward with losses, backward, AdamW) on one image: 10 fixed boxes for the detectors (DINO's step
 includes its 100 denoising queries), 8 fixed random segments for Mask2Former, a fixed random label map for UPerNet
 (cross-entropy of the main head + 0.4 x the auxiliary one, as the ADE20K recipe; two copies of the image per step,
-see ``TRAIN_BATCH``). Random weights, fp32,
-``inference_mode`` for the forward. Each figure is the median of ``--repeats`` timed runs after ``--warmup``
-untimed ones, the models timed in turn within each round so a change of machine load hits all of them alike; the
-load average is printed with the figures, and ``--clock cpu`` times the process's CPU time instead of the wall
-clock (see ``backbone_speed.py``). The ratios divide the first backbone's speed (img/s) by each other's.
+see ``TRAIN_BATCH``). Random weights, fp32, ``inference_mode`` for the forward. Each figure is the median of
+``--repeats`` timed runs after ``--warmup`` untimed ones, the models timed in turn within each round so a change of
+machine load hits all of them alike; the load average is printed with the figures, ``--clock cpu`` times the
+process's CPU time instead of the wall clock and ``--malloc retain`` keeps freed memory in the process (both as in
+``backbone_speed.py``). The ratios divide the first backbone's speed (img/s) by each other's.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from backbone_speed import interleaved, load_average  # the same timing (benchmarks/ is the script's own folder)
+
+# the same timing and allocator setting (benchmarks/ is the script's own folder)
+from backbone_speed import interleaved, load_average, malloc_setting, retain_freed_memory
 from torch import nn
 
 from focalbench.models import VARIANTS, TimmBackbone, build_backbone
@@ -208,7 +210,12 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
     )
+    parser.add_argument(
+        "--malloc", choices=["default", "retain"], default="default", help="retain: glibc keeps freed memory (Linux)"
+    )
     args = parser.parse_args()
+    if args.malloc == "retain":
+        retain_freed_memory()
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
@@ -217,7 +224,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(
         f"# {device}; fp32; one image per call; median of {args.repeats} after {args.warmup}; {args.clock} clock; "
-        f"{load_average()} at the start"
+        f"{malloc_setting(args)}; {load_average()} at the start"
     )
     print(f"{'head':<10} {'size':>9} {'backbone':<32} {'s/img':>8} {'img/s':>8}")
     for head in args.heads:

@@ -24,9 +24,11 @@ def test_backbone_speed_prints_ratios_and_memory(tmp_path):
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "focalnet_tiny_srf vs timm:focalnet_tiny_srf: forward" in run.stdout
+    assert "; malloc glibc default; " in run.stdout  # the allocator setting the figures were taken under
     results = json.loads(out.read_text())["results"]
     for result in results.values():
         assert result["fwd"] > 0 and result["train"] > 0
+        assert {"fwd_faults", "train_faults"} <= result.keys()  # the page faults columns
         assert 0 < result["mem_mb"] < 4096  # the spawned first step's rise in resident memory
 
 
@@ -55,3 +57,55 @@ def test_dense_speed_trains_against_timms_focalnet_at_window_9():
     assert run.returncode == 0, run.stderr
     assert "upernet-train: focalnet_tiny_srf runs at" in run.stdout
     assert "the speed of timm:focalnet_tiny_srf (load" in run.stdout
+
+
+FAULT_COUNT = """
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from backbone_speed import minor_faults, retain_freed_memory
+if sys.argv[1] == "retain":
+    retain_freed_memory()
+for _ in range(3):  # 64 MB, freed at once; three rounds let the heap reach its high-water mark
+    torch.ones(2**24)
+before = minor_faults()
+for _ in range(3):  # again: 3 x 16384 fresh 4 KiB pages, unless the freed block is reused
+    torch.ones(2**24)
+print(minor_faults() - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_malloc_retain_reuses_freed_blocks_where_glibc_faults_them_in_again():
+    def faults(setting: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", FAULT_COUNT, setting], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.split()[-1])
+
+    assert faults("default") > 45_000  # glibc mmaps a block over 32 MB afresh, page by page
+    assert faults("retain") < 500
+
+
+PEAK_FAULTS = """
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from backbone_speed import minor_faults, peak_convolutions
+convolutions, _ = peak_convolutions("cpu", torch.float32)
+with torch.no_grad():
+    for _ in range(2):
+        convolutions[-1]()
+    before = minor_faults()
+    for _ in range(5):
+        convolutions[-1]()
+print(len(convolutions), minor_faults() - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_matmul_peak_has_a_convolution_that_takes_no_fresh_pages_under_the_default_allocator():
+    run = subprocess.run([sys.executable, "-c", PEAK_FAULTS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    count, faults = map(int, run.stdout.split()[-2:])
+    assert count == 2  # plain and in place
+    assert faults < 500  # the plain one took ~12,500 fresh pages a call (51 MB output)
