@@ -132,6 +132,12 @@ def retain_freed_memory() -> None:
         raise SystemExit("--malloc retain: mallopt failed (glibc's malloc is needed)")
 
 
+def apply_malloc_setting(args) -> None:
+    """``--malloc``: what this process (or a spawned one measuring it) does with freed memory."""
+    if args.malloc == "retain":
+        retain_freed_memory()
+
+
 def malloc_setting(args) -> str:
     """The allocator setting the figures were taken under, for the header."""
     if args.malloc == "retain":
@@ -292,8 +298,7 @@ def _status_kb(field: str) -> int:
 
 def _first_step_peak(spec: str, args, connection) -> None:
     torch.set_num_threads(args.threads)
-    if args.malloc == "retain":
-        retain_freed_memory()
+    apply_malloc_setting(args)
     step = train_step(prepare(build(spec, args.drop_path), args, compiled=False).train(), spec, *batch(args), args)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets the high-water mark VmHWM to the current resident size
@@ -348,8 +353,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batch_size, args.warmup, args.repeats = 2, 0, 1
-    if args.malloc == "retain":
-        retain_freed_memory()
+    apply_malloc_setting(args)
     torch.set_num_threads(args.threads)
 
     if args.clock == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 # the same timing and allocator setting (benchmarks/ is the script's own folder)
-from backbone_speed import interleaved, load_average, malloc_setting, retain_freed_memory
+from backbone_speed import apply_malloc_setting, interleaved, load_average, malloc_setting
 from torch import nn
 
 from focalbench.models import VARIANTS, TimmBackbone, build_backbone
@@ -214,8 +214,7 @@ def main() -> None:
         "--malloc", choices=["default", "retain"], default="default", help="retain: glibc keeps freed memory (Linux)"
     )
     args = parser.parse_args()
-    if args.malloc == "retain":
-        retain_freed_memory()
+    apply_malloc_setting(args)
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
