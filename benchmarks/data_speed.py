@@ -24,6 +24,7 @@ from PIL import Image
 
 from focalbench.data.classification import ClassificationDataModule
 from focalbench.models import create_model
+from focalbench.tasks.base import default_optimizer
 
 
 def write_folder(root: Path, classes: int, per_class: int, size: tuple[int, int] = (375, 500)) -> Path:
@@ -52,7 +53,7 @@ def loader_rate(root: Path, workers: int, batch_size: int, image_size: int, batc
 
 def step_rate(name: str, batch_size: int, image_size: int, repeats: int, precision: str) -> float:
     model = create_model(name, num_classes=1000).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = default_optimizer(model.parameters())  # the tasks' AdamW (fused), as the configs train
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(0, 1000, (batch_size,))
     times = []

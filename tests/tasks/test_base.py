@@ -5,6 +5,7 @@ over a run and which stay bit-identical)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
@@ -21,6 +23,7 @@ from focalbench.cli import main
 from focalbench.data.classification import ClassificationDataModule
 from focalbench.errors import ConfigError
 from focalbench.models.contract import layer_ids
+from focalbench.tasks.base import default_optimizer
 from focalbench.tasks.classification import ClassificationTask
 from focalbench.tasks.segmentation import SegmentationTask
 
@@ -364,3 +367,69 @@ def test_layer_decay_timm_dense_backbone_groups(tmp_path):
     assert lr[id(stem)] == pytest.approx(lr[id(last_block)] * 0.5**8)
     heads = [lr[id(p)] for head in model.head_modules() for p in head.parameters()]
     assert heads and all(v == pytest.approx(BASE_LR) for v in heads)
+
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def optimizer_of(config: Path):
+    """The optimizer a shipped config builds (class and init_args under ``model.init_args.optimizer``), and whether
+    the config clips gradients under mixed precision, where Lightning cannot take a fused optimizer."""
+    settings = yaml.safe_load(config.read_text())
+    spec, trainer = settings["model"]["init_args"]["optimizer"], settings["trainer"]
+    module, name = spec["class_path"].rsplit(".", 1)
+    optimizer_class, kwargs = getattr(importlib.import_module(module), name), spec.get("init_args", {})
+    clips_mixed = bool(trainer.get("gradient_clip_val")) and "mixed" in str(trainer.get("precision"))
+    return lambda params: optimizer_class(params, **kwargs), clips_mixed
+
+
+@pytest.mark.parametrize(
+    "build, clips_mixed",
+    [(default_optimizer, False), *map(optimizer_of, CONFIGS)],
+    ids=["default", *(c.stem for c in CONFIGS)],
+)
+def test_optimizers_are_fused_adamw_with_the_reference_update(build, clips_mixed):
+    """The task's default and every config's optimizer is the fused AdamW (one kernel per step) unless the config
+    clips gradients under mixed precision, and its updates equal PyTorch's reference loop over the parameters with
+    the same hyperparameters, decayed and no-decay groups."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(17, 5, generator=generator), torch.randn(5, generator=generator)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    weights = {}
+    for kind in ("configured", "reference"):
+        params = [p.clone().requires_grad_() for p in start]
+        groups = [{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}]
+        optimizer = build(groups)
+        assert isinstance(optimizer, torch.optim.AdamW)
+        if kind == "configured":
+            assert bool(optimizer.defaults["fused"]) is not clips_mixed
+        else:  # the same hyperparameters through the per-parameter loop
+            defaults = {**optimizer.defaults, "fused": False, "foreach": False}
+            defaults.pop("decoupled_weight_decay", None)  # AdamW sets it itself
+            optimizer = torch.optim.AdamW(groups, **defaults)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        weights[kind] = [p.detach() for p in params]
+    for configured, reference, first in zip(weights["configured"], weights["reference"], start):
+        assert not torch.equal(configured, first)  # the step moved the weights
+        torch.testing.assert_close(configured, reference, rtol=1e-6, atol=1e-7)
+
+
+def test_a_fused_optimizer_with_clipping_under_mixed_precision_is_a_config_error(tmp_path):
+    trainer = Trainer(
+        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, max_steps=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    model = task(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True))
+    with pytest.raises(ConfigError, match=r"^trainer.gradient_clip_val with trainer.precision bf16-mixed: .*"
+                       r"set model.optimizer.init_args.fused: false$"):  # fmt: skip
+        trainer.fit(model, train_dataloaders=loader(1))
+    clipped = task(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, fused=False))
+    before = [p.detach().clone() for p in clipped.parameters()]
+    Trainer(
+        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, max_steps=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
+    ).fit(clipped, train_dataloaders=loader(1))  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(before, clipped.parameters()))  # not fused: it trains
