@@ -12,7 +12,7 @@
 
 Every model gets the same input, precision, memory format, compile setting and drop path rate (``--drop-path``).
 Forward: ``inference_mode``, eval (ours then takes its fused oneDNN path on CPU, as it does by default). Train step:
-forward, cross-entropy, backward, AdamW step, in train mode.
+forward, cross-entropy, backward, AdamW step (the tasks' fused AdamW), in train mode.
 Each figure is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones; the models are timed in
 turn within each round, so a change of machine load hits all of them alike, and the load average is printed at the
 start and the end. ``--clock cpu`` times the process's CPU time (all threads) instead of the wall clock: on a
@@ -52,6 +52,7 @@ import timm
 import torch
 
 from focalbench.models import create_model
+from focalbench.tasks.base import default_optimizer
 
 PAIRS = {"focalnet_tiny_srf": "timm:focalnet_tiny_srf", "focalnet_tiny_lrf": "timm:focalnet_tiny_lrf"}
 DEFAULT_MODELS = [
@@ -130,6 +131,22 @@ def retain_freed_memory() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
         raise SystemExit("--malloc retain: mallopt failed (glibc's malloc is needed)")
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: int, clock: bool = True) -> None:
+    """The options every benchmark times with: device, threads, untimed and timed runs, the clock (unless the
+    script needs the wall clock) and what the allocator does with freed memory."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    if clock:
+        parser.add_argument(
+            "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
+        )
+    parser.add_argument(
+        "--malloc", choices=["default", "retain"], default="default", help="retain: glibc keeps freed memory (Linux)"
+    )
 
 
 def apply_malloc_setting(args) -> None:
@@ -217,7 +234,7 @@ def batch(args) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_step(model: torch.nn.Module, spec: str, x: torch.Tensor, y: torch.Tensor, args) -> Callable[[], None]:
     """One training step on (x, y): forward in the model's precision, cross-entropy, backward, AdamW step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = default_optimizer(model.parameters())  # the tasks' AdamW (fused), as the configs train
 
     def run() -> None:
         with autocast(args, spec):
@@ -331,24 +348,15 @@ def main() -> None:
         default=DEFAULT_MODELS,
         help="ours by variant name, timm as timm:NAME; NAME@bf16 / NAME@fp32 overrides --precision for one model",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in every model")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of every model")
+    add_timing_arguments(parser, warmup=2, repeats=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, no warm-up, one timed iteration")
-    parser.add_argument(
-        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
-    )
-    parser.add_argument(
-        "--malloc", choices=["default", "retain"], default="default", help="retain: glibc keeps freed memory (Linux)"
-    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.quick:

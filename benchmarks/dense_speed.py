@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 
 # the same timing and allocator setting (benchmarks/ is the script's own folder)
-from backbone_speed import apply_malloc_setting, interleaved, load_average, malloc_setting
+from backbone_speed import add_timing_arguments, apply_malloc_setting, interleaved, load_average, malloc_setting
 from torch import nn
 
 from focalbench.models import VARIANTS, TimmBackbone, build_backbone
 from focalbench.models.detection import build_mask_rcnn
 from focalbench.models.dino import DINO, DINOCriterion
 from focalbench.models.heads import UPerNet
+from focalbench.tasks.base import default_optimizer
 
 DEFAULT_BACKBONES = ["focalnet_tiny_srf", "swin_tiny_patch4_window7_224"]
 
@@ -173,7 +174,7 @@ def mask2former_train(backbone: nn.Module, args) -> Callable[[torch.Tensor], Non
 
 
 def optimizer_step(model: nn.Module, loss: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], None]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = default_optimizer(model.parameters())  # the tasks' AdamW (fused), as the configs train
 
     def step(image: torch.Tensor) -> None:
         loss(image).backward()
@@ -202,17 +203,8 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--size", nargs=2, type=int, default=[512, 768], metavar=("H", "W"))
     parser.add_argument("--seg-size", type=int, default=512, help="square input of UPerNet and Mask2Former")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train", action="store_true", help="also time a training step of " + ", ".join(TRAIN_STEPS))
-    parser.add_argument(
-        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time (shared machines)"
-    )
-    parser.add_argument(
-        "--malloc", choices=["default", "retain"], default="default", help="retain: glibc keeps freed memory (Linux)"
-    )
+    add_timing_arguments(parser, warmup=1, repeats=3)
     args = parser.parse_args()
     apply_malloc_setting(args)
     torch.set_num_threads(args.threads)

@@ -109,3 +109,81 @@ def test_matmul_peak_has_a_convolution_that_takes_no_fresh_pages_under_the_defau
     count, faults = map(int, run.stdout.split()[-2:])
     assert count == 2  # plain and in place
     assert faults < 500  # the plain one took ~12,500 fresh pages a call (51 MB output)
+
+
+def test_optimizer_speed_times_the_same_update_three_ways(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+    from optimizer_speed import VARIANTS, optimizers
+
+    from focalbench.models import create_model
+
+    model = create_model("focalnet_tiny_srf", embed_dim=8, depths=[1, 1, 1, 1], num_classes=3)
+    built = optimizers(model, "cpu")
+    assert list(built) == list(VARIANTS) == ["default", "foreach", "fused"]
+    assert built["fused"].defaults["fused"] and built["foreach"].defaults["foreach"]
+    for optimizer in built.values():
+        optimizer.step()
+    weights = {name: [p for group in o.param_groups for p in group["params"]] for name, o in built.items()}
+    start = list(model.parameters())
+    assert not any(p is q for p in weights["default"] for q in weights["fused"])  # each variant has its own copy
+    assert not torch.equal(weights["default"][0], start[0])  # the step moved the weights
+    for name in ("foreach", "fused"):  # the same update as the default's
+        for p, q in zip(weights["default"], weights[name]):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_optimizer_speed_prints_each_variant_against_the_default():
+    command = [
+        sys.executable, "benchmarks/optimizer_speed.py", "--model", "focalnet_tiny_srf", "--threads", "1",
+        "--warmup", "0", "--repeats", "1",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "AdamW over focalnet_tiny_srf's 28.4 M parameters" in run.stdout
+    rows = re.findall(r"^  (\w+) +[\d.]+ ms per step +([\d.]+)x the default's speed$", run.stdout, re.MULTILINE)
+    assert [name for name, _ in rows] == ["default", "foreach", "fused"]
+    assert rows[0][1] == "1.00"
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_step_breakdown_sorts_calls_into_kinds_and_counts_the_1x1_flops(monkeypatch, input_grad):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+    from step_breakdown import KindTimer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 6, 1), torch.nn.GELU(), torch.nn.Conv2d(6, 6, 5, padding=2, groups=6),
+        torch.nn.Conv2d(6, 6, 3, padding=1),
+    )  # fmt: skip
+    x = torch.randn(2, 4, 8, 8, requires_grad=input_grad)
+    timer = KindTimer()
+    with timer:
+        model(x).mul(2).sum().backward()
+        timer.phase = "optimizer"
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+    kinds = {kind for kind, seconds in timer.seconds.items() if seconds > 0}
+    assert {"1x1 conv forward", "1x1 conv backward", "depth-wise conv", "other conv", "GELU"} <= kinds
+    assert {"element-wise, copies", "optimizer"} <= kinds
+    flop = 2 * 2 * 8 * 8 * 4 * 6  # 2 x N x H x W x C_in x C_out
+    assert timer.flop["1x1 conv forward"] == flop
+    assert timer.flop["1x1 conv backward"] == (2 if input_grad else 1) * flop  # the weight's, the input's if wanted
+    assert timer.flop["depth-wise conv"] == timer.flop["other conv"] == 0
+
+
+@pytest.mark.slow
+def test_step_breakdown_prints_every_kind_for_both_models():
+    command = [
+        sys.executable, "benchmarks/step_breakdown.py", "--image-size", "64", "--batch-size", "2", "--threads", "1",
+        "--warmup", "0", "--repeats", "1",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = dict(re.findall(r"^([\w ,-]+?) +(-?[\d.]+ +-?[\d.]+ +[+-][\d.]+)$", run.stdout, re.MULTILINE))
+    for kind in ("1x1 conv forward", "1x1 conv backward", "depth-wise conv", "GELU", "optimizer", "whole step"):
+        ours, peer, difference = map(float, rows[kind].split())
+        assert ours > 0 and peer > 0 and abs(ours - peer - difference) < 0.11
+    assert re.search(r"speed ratio, focalnet_tiny_srf / timm:focalnet_tiny_srf: [\d.]+x", run.stdout)
+    assert "1x1 conv backward rate: focalnet_tiny_srf" in run.stdout
