@@ -52,7 +52,7 @@ import timm
 import torch
 
 from focalbench.models import create_model
-from focalbench.tasks.base import default_optimizer
+from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 PAIRS = {"focalnet_tiny_srf": "timm:focalnet_tiny_srf", "focalnet_tiny_lrf": "timm:focalnet_tiny_lrf"}
 DEFAULT_MODELS = [
@@ -356,7 +356,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of every model")
     add_timing_arguments(parser, warmup=2, repeats=5)
-    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, no warm-up, one timed iteration")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: batch 2, no warm-up, one timed iteration, one peak-memory run"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -382,7 +384,7 @@ def main() -> None:
         model = prepare(build(name, args.drop_path), args, compiled=False)
         result["saved_mb"] = saved_activation_mb(model, args, name)
         if args.device == "cpu" and sys.platform == "linux":
-            result["mem_mb"] = cpu_step_peak_mb(name, args)
+            result["mem_mb"] = cpu_step_peak_mb(name, args, runs=1 if args.quick else 3)
 
     columns = f"{'fwd img/s':>10} {'train img/s':>12} {'GFLOP/s':>8} {'%peak':>6} {'act. MB':>8} {'peak MB':>8}"
     columns += f" {'compile s':>9} {'faults fwd/train':>16}"

@@ -24,7 +24,7 @@ from PIL import Image
 
 from focalbench.data.classification import ClassificationDataModule
 from focalbench.models import create_model
-from focalbench.tasks.base import default_optimizer
+from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 
 def write_folder(root: Path, classes: int, per_class: int, size: tuple[int, int] = (375, 500)) -> Path:

@@ -44,7 +44,7 @@ from focalbench.models import VARIANTS, TimmBackbone, build_backbone
 from focalbench.models.detection import build_mask_rcnn
 from focalbench.models.dino import DINO, DINOCriterion
 from focalbench.models.heads import UPerNet
-from focalbench.tasks.base import default_optimizer
+from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 DEFAULT_BACKBONES = ["focalnet_tiny_srf", "swin_tiny_patch4_window7_224"]
 

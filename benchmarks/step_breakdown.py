@@ -36,7 +36,7 @@ from backbone_speed import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from focalbench.tasks.base import default_optimizer
+from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 KINDS = [
     "1x1 conv forward", "1x1 conv backward", "depth-wise conv", "other conv", "GELU", "LayerNorm",

@@ -18,16 +18,10 @@ from torchmetrics import Metric, MetricCollection
 from focalbench.errors import ConfigError
 from focalbench.models.contract import Normalization, freeze_stages, input_normalization
 from focalbench.models.factory import build_backbone
-from focalbench.tasks.optim import Schedule, lr_lambda, param_groups
+from focalbench.tasks.optim import Schedule, default_optimizer, lr_lambda, param_groups
 
 # Architecture overrides for the backbone (``embed_dim``, ``depths``, ``focal_windows`` …), typed so YAML is checked.
 BackboneKwargs = dict[str, int | float | bool | str | list[int] | None]
-
-
-def default_optimizer(params) -> torch.optim.Optimizer:
-    """AdamW as the configs set it: ``fused`` (one kernel for the whole update; PyTorch's default on CPU is a Python
-    loop over the parameters, several times slower: ``benchmarks/optimizer_speed.py``)."""
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05, fused=True)
 
 
 class BaseTask(LightningModule):

@@ -6,10 +6,17 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 Schedule = Literal["cosine", "poly", "step", "constant"]
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """AdamW as the configs set it: ``fused`` (one kernel for the whole update; PyTorch's default on CPU is a Python
+    loop over the parameters, several times slower: ``benchmarks/optimizer_speed.py``)."""
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05, fused=True)
 
 
 def param_groups(backbone: nn.Module, heads: Sequence[nn.Module], layer_decay: float | None = None) -> list[dict]:

@@ -23,8 +23,8 @@ from focalbench.cli import main
 from focalbench.data.classification import ClassificationDataModule
 from focalbench.errors import ConfigError
 from focalbench.models.contract import layer_ids
-from focalbench.tasks.base import default_optimizer
 from focalbench.tasks.classification import ClassificationTask
+from focalbench.tasks.optim import default_optimizer
 from focalbench.tasks.segmentation import SegmentationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
