@@ -17,7 +17,7 @@ import argparse
 from copy import deepcopy
 
 import torch
-from backbone_speed import add_timing_arguments, apply_malloc_setting, interleaved, load_average, synchronize
+from backbone_speed import add_timing_arguments, apply_malloc_setting, interleaved, load_average, malloc_setting
 
 from focalbench.models import create_model
 from focalbench.tasks.optim import param_groups
@@ -50,17 +50,10 @@ def main() -> None:
     count = sum(p.numel() for p in model.parameters())
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(f"# {device}; AdamW over {args.model}'s {count / 1e6:.1f} M parameters; median of {args.repeats}; "
-          f"{load_average()}")  # fmt: skip
-
-    def step(optimizer: torch.optim.Optimizer):
-        def run() -> None:
-            optimizer.step()
-            synchronize(args.device)
-
-        return run
+          f"{malloc_setting(args)}; {load_average()}")  # fmt: skip
 
     built = optimizers(model, args.device)
-    seconds = interleaved({name: step(optimizer) for name, optimizer in built.items()}, args)
+    seconds = interleaved({name: optimizer.step for name, optimizer in built.items()}, args)  # it synchronizes
     for name, value in seconds.items():
         print(f"  {name:<8} {1e3 * value:8.1f} ms per step   {seconds['default'] / value:5.2f}x the default's speed")
 
