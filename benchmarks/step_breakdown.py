@@ -46,28 +46,29 @@ ELEMENTWISE = {
     "add", "add_", "addcmul", "addcmul_", "mul", "mul_", "div", "div_", "sub", "sum", "mean", "copy_", "cat", "clone",
     "zero_", "fill_", "bernoulli_", "slice_backward", "expand", "where", "empty_like", "_to_copy",
 }  # fmt: skip
-_WEIGHT_ARG = {  # where each convolution op takes its weight (under inference_mode the mode sees aten.conv2d)
-    "aten.conv2d.default": 1,
-    "aten.convolution.default": 1,
-    "aten.convolution_backward.default": 2,
-    "mkldnn._convolution_pointwise.default": 1,
-    "mkldnn._convolution_pointwise.binary": 2,
-    "mkldnn._convolution_pointwise_.binary": 2,
+_CONV_ARGS = {  # (input, weight) positions of each convolution op (under inference_mode the mode sees aten.conv2d)
+    "aten.conv2d.default": (0, 1),
+    "aten.convolution.default": (0, 1),
+    "aten.convolution_backward.default": (1, 2),  # (grad_output, input, weight, ..., output_mask)
+    "mkldnn._convolution_pointwise.default": (0, 1),
+    "mkldnn._convolution_pointwise.binary": (0, 2),  # (input, other, weight, ...)
+    "mkldnn._convolution_pointwise_.binary": (1, 2),  # in place: (other, input, weight, ...)
 }
 
 
 def conv_kind(name: str, args: tuple) -> tuple[str, float]:
     """A convolution call's kind and, for a 1x1 one, its FLOP count: 2 x N x H x W x C_in x C_out for the forward
     and for each of the input and weight gradients a backward call computes."""
-    weight = args[_WEIGHT_ARG[name]]
+    input_at, weight_at = _CONV_ARGS[name]
+    weight = args[weight_at]
     if weight.shape[1] == 1 and weight.shape[0] > 1:
         return "depth-wise conv", 0.0
     if weight.shape[-2:] != (1, 1):
         return "other conv", 0.0
-    if "backward" in name:  # (grad_output, input, weight, ..., output_mask)
-        flop = 2.0 * args[1].numel() * weight.shape[0]
+    flop = 2.0 * args[input_at].numel() * weight.shape[0]
+    if "backward" in name:
         return "1x1 conv backward", flop * (int(args[-1][0]) + int(args[-1][1]))
-    return "1x1 conv forward", 2.0 * args[0].numel() * weight.shape[0]
+    return "1x1 conv forward", flop
 
 
 class KindTimer(TorchDispatchMode):
@@ -89,7 +90,7 @@ class KindTimer(TorchDispatchMode):
         flop = 0.0
         if self.phase == "optimizer":
             kind = "optimizer"
-        elif name in _WEIGHT_ARG:
+        elif name in _CONV_ARGS:
             kind, flop = conv_kind(name, args)
         elif "gelu" in op:
             kind = "GELU"

@@ -187,3 +187,14 @@ def test_step_breakdown_prints_every_kind_for_both_models():
         assert ours > 0 and peer > 0 and abs(ours - peer - difference) < 0.11
     assert re.search(r"speed ratio, focalnet_tiny_srf / timm:focalnet_tiny_srf: [\d.]+x", run.stdout)
     assert "1x1 conv backward rate: focalnet_tiny_srf" in run.stdout
+
+
+def test_step_breakdown_counts_a_fused_convolution_by_its_input_in_place_or_not(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+    from step_breakdown import conv_kind
+
+    x, out, weight = torch.empty(2, 4, 8, 8), torch.empty(2, 6, 8, 8), torch.empty(6, 4, 1, 1)
+    flop = 2 * 2 * 8 * 8 * 4 * 6  # 2 x N x H x W x C_in x C_out, whichever argument holds the output
+    assert conv_kind("mkldnn._convolution_pointwise.binary", (x, out, weight)) == ("1x1 conv forward", flop)
+    assert conv_kind("mkldnn._convolution_pointwise_.binary", (out, x, weight)) == ("1x1 conv forward", flop)
