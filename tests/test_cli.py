@@ -97,11 +97,14 @@ def command_line(monkeypatch, capfd, *args: str) -> tuple[int, list[str]]:
 @pytest.mark.parametrize("config", list(OFFLINE_CONFIGS))
 def test_offline_paper_config_prints_one_error_line_and_exits_2(config, tmp_path, monkeypatch, capfd):
     monkeypatch.delenv("FOCALBENCH_TRACEBACK", raising=False)
-    monkeypatch.chdir(tmp_path)  # runs/ of the Trainer, if one is made, lands here
+    monkeypatch.chdir(tmp_path)  # the configs' runs/ folders are relative
     code, lines = command_line(monkeypatch, capfd, "fit", "--config", config)
     assert code == 2, lines
     assert len(lines) == 1, lines
     assert re.match(OFFLINE_CONFIGS[config], lines[0]), lines[0]
+    # A run that cannot open its data stops before the logger makes runs/NAME/lightning_logs/version_N: no empty
+    # version folder is left behind for every failed start.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_traceback_is_shown_with_the_opt_in(tmp_path, monkeypatch, capfd):

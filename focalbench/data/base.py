@@ -96,6 +96,15 @@ class BaseDataModule(LightningDataModule):
         """The mean / std the loaded images carry (what pictures undo to show them); detection's stay in [0, 1]."""
         return self.normalization
 
+    def prepare_data(self) -> None:
+        """Open the data for the run's stage before the Trainer makes the logger's ``version_N`` folder (Lightning
+        calls this first, on one process a node): a missing or unreachable data set then stops the run with its
+        one-line error and leaves no empty run folder behind. ``setup`` keeps what this built and, on the other
+        processes, builds its own."""
+        trainer = getattr(self, "trainer", None)
+        stage = trainer.state.fn if trainer is not None else None
+        self.setup(stage.value if stage is not None else None)
+
     # ---------------------------------------------------------------- loaders
     def _replicas(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
