@@ -3,6 +3,7 @@
     python benchmarks/backbone_speed.py                         # fp32 eager, CPU, 2 threads, batch 8, 224 px
     python benchmarks/backbone_speed.py --precision bf16        # autocast bf16 for every model
     python benchmarks/backbone_speed.py --compile               # torch.compile every model (compile time shown)
+    python benchmarks/backbone_speed.py --compile --unfused     # ours without its fused post-ops (inductor's own)
     python benchmarks/backbone_speed.py --grad-checkpointing    # activation checkpointing: memory vs time
     python benchmarks/backbone_speed.py --device cuda --batch-size 64 --threads 16
     python benchmarks/backbone_speed.py --models focalnet_tiny_srf@bf16 timm:focalnet_tiny_srf@fp32   # fast path
@@ -217,6 +218,8 @@ def gmacs(name: str, size: int) -> float:
 
 def prepare(model: torch.nn.Module, args, compiled: bool | None = None) -> torch.nn.Module:
     model = model.to(args.device)
+    if getattr(args, "unfused", False) and hasattr(model, "set_fused_inference"):  # only backbone_speed has it
+        model.set_fused_inference(False)
     model.set_grad_checkpointing(args.grad_checkpointing)  # ours and timm's models alike
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -350,6 +353,9 @@ def main() -> None:
     )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--unfused", action="store_true", help="our models' forward without the fused oneDNN post-ops (plain ops)"
+    )
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in every model")
     parser.add_argument("--batch-size", type=int, default=8)

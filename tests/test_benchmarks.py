@@ -111,6 +111,81 @@ def test_matmul_peak_has_a_convolution_that_takes_no_fresh_pages_under_the_defau
     assert faults < 500  # the plain one took ~12,500 fresh pages a call (51 MB output)
 
 
+@pytest.mark.parametrize("unfused", [False, True])
+def test_backbone_speed_unfused_runs_our_forward_without_the_fused_post_ops(monkeypatch, unfused):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import argparse
+
+    import torch
+    from backbone_speed import build, prepare
+    from step_breakdown import KindTimer
+
+    args = argparse.Namespace(device="cpu", grad_checkpointing=False, channels_last=False, unfused=unfused)
+    ours = prepare(build("focalnet_tiny_srf"), args, compiled=False)
+    calls = []
+
+    class Names(KindTimer):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            calls.append(str(func))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    with torch.inference_mode(), Names():
+        ours.eval()(torch.randn(1, 3, 32, 32))
+    fused = [name for name in calls if name.startswith("mkldnn._convolution_pointwise")]
+    # 6 a block x 12: both focal levels and fc1 (+ GELU), h (x q), proj and fc2 (+ the residual)
+    assert len(fused) == (0 if unfused else 72)
+    assert calls.count("aten.gelu.default") == (48 if unfused else 12)  # fused, only the global context's is left
+
+
+def test_pointwise_grad_speed_candidates_and_its_apart_model_give_autograds_gradients(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+    from pointwise_grad_speed import CANDIDATES, ApartConv, with_apart_backward
+
+    from focalbench.models import create_model
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    conv = torch.nn.Conv2d(6, 4, 1)
+    y = conv(x)
+    g = torch.randn_like(y)
+    want = torch.autograd.grad(y, (x, conv.weight, conv.bias), g)
+    assert list(CANDIDATES) == ["one_call", "apart", "mkl"]
+    for fn in CANDIDATES.values():
+        got = fn(g, x.detach(), conv.weight.detach())
+        assert [tuple(t.shape) for t in got] == [(2, 6, 5, 5), (4, 6, 1, 1), (4,)]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    model = create_model("focalnet_tiny_srf", embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, drop_path_rate=0.0)
+    split, count = with_apart_backward(model)
+    assert count == 4 * 5  # f, h, proj, fc1, fc2 in each of the 4 blocks
+    assert sum(isinstance(m, ApartConv) for m in split.modules()) == 20
+    assert not any(isinstance(m, ApartConv) for m in model.modules())  # the model itself is left as it is
+    image = torch.randn(2, 3, 32, 32)
+    grads = []
+    for net in (model, split):
+        torch.nn.functional.cross_entropy(net.train()(image), torch.tensor([0, 2])).backward()
+        grads.append({name: p.grad for name, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_pointwise_grad_speed_prints_every_shape_and_the_whole_step():
+    command = [
+        sys.executable, "benchmarks/pointwise_grad_speed.py", "--image-size", "32", "--batch-size", "1",
+        "--threads", "1", "--warmup", "0", "--repeats", "1",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = re.findall(r"^(f|h|proj|fc1|fc2) \d+->\d+ @\d+x\d+ +[\d.]+ +[\d.]+ +[\d.]+$", run.stdout, re.MULTILINE)
+    assert rows == ["f", "h", "proj", "fc1", "fc2"] * 4
+    assert re.search(r"one_call 1.00x, apart [\d.]+x, mkl [\d.]+x of one_call's speed", run.stdout)
+    assert re.search(r"60 1x1 convolutions' backward apart: \d+ ms against \d+ ms as it is, [\d.]+x", run.stdout)
+
+
 def test_optimizer_speed_times_the_same_update_three_ways(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch

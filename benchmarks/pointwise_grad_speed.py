@@ -1,0 +1,147 @@
+"""1×1 convolution backward: autograd's one oneDNN call vs the gradients asked for apart, per FocalNet-T projection,
+then in the model's train step.
+
+    python benchmarks/pointwise_grad_speed.py                 # FocalNet-T's 20 projection shapes at batch 8, 224 px
+    python benchmarks/pointwise_grad_speed.py --malloc retain # glibc keeps freed memory: no page faults
+
+For ``y = conv1x1(x, W) + b`` autograd makes one ``aten.convolution_backward`` call for the input, weight and bias
+gradients. Candidates, each checked against it before timing:
+
+* ``one_call``: that call (what the model runs);
+* ``apart``: oneDNN's backward-data and backward-weights kernels in two calls, the bias gradient as a plain sum;
+* ``mkl``: ``grad_x = g·W`` and ``grad_W = gᵀ·x`` as MKL products over the channels_last (N·H·W, C) views.
+
+Per shape: the median milliseconds of each (models' shapes at ``--batch-size`` and ``--image-size``), then the sum
+over the network (each shape times its number of blocks). Last, the whole train step of our FocalNet-T with every
+1×1 convolution's backward taken ``apart`` (a drop-in autograd function here) against the model as it is, timed in
+turn: what a candidate saves alone need not survive inside the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+from backbone_speed import add_timing_arguments, apply_malloc_setting, build, interleaved, malloc_setting
+from torch import nn
+
+from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
+
+_conv_backward = torch.ops.aten.convolution_backward.default
+_ARGS = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, transposed, output padding, groups
+STAGES = [(96, 56, 2), (192, 28, 2), (384, 14, 6), (768, 7, 2)]  # FocalNet-T at 224 px: (C, H = W, blocks)
+
+
+def projections(dim: int) -> dict[str, tuple[int, int]]:
+    """(in, out) channels of a block's 1×1 convolutions (focal level 2)."""
+    return {"f": (dim, 2 * dim + 3), "h": (dim, dim), "proj": (dim, dim), "fc1": (dim, 4 * dim), "fc2": (4 * dim, dim)}
+
+
+def one_call(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return _conv_backward(g, x, w, [w.shape[0]], *_ARGS, [True, True, True])
+
+
+def apart(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    grad_x = _conv_backward(g, x, w, None, *_ARGS, [True, False, False])[0]
+    grad_w = _conv_backward(g, x, w, None, *_ARGS, [False, True, False])[1]
+    return grad_x, grad_w, g.sum((0, 2, 3))
+
+
+def mkl(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    n, c, h, width = x.shape
+    g2, x2 = g.permute(0, 2, 3, 1).reshape(-1, w.shape[0]), x.permute(0, 2, 3, 1).reshape(-1, c)
+    grad_x = (g2 @ w.view(w.shape[0], c)).view(n, h, width, c).permute(0, 3, 1, 2)
+    return grad_x, (g2.t() @ x2).view_as(w), g2.sum(0)
+
+
+CANDIDATES = {"one_call": one_call, "apart": apart, "mkl": mkl}
+
+
+class _Apart(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
+        return apart(g, *ctx.saved_tensors)
+
+
+class ApartConv(nn.Conv2d):
+    """A 1×1 ``nn.Conv2d`` whose backward is :func:`apart` (set as the ``__class__`` of the model's own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Apart.apply(x, self.weight, self.bias)
+
+
+def with_apart_backward(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` whose 1×1 convolutions with bias inside the stages take :class:`ApartConv`'s backward."""
+    model = copy.deepcopy(model)
+    count = 0
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.bias is not None and "layers" in name:
+            module.__class__ = ApartConv
+            count += 1
+    return model, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--model", default="focalnet_tiny_srf", help="our variant for the whole-step comparison")
+    add_timing_arguments(parser, warmup=2, repeats=9, clock=False)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    apply_malloc_setting(args)
+    scale = args.image_size / 224
+    print(f"# CPU, {args.threads} threads; fp32; batch {args.batch_size}; {args.image_size} px; median of "
+          f"{args.repeats}; {malloc_setting(args)}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"{'shape':<26}" + "".join(f"{name:>12}" for name in CANDIDATES) + "   (ms a call)")
+    totals = dict.fromkeys(CANDIDATES, 0.0)
+    for dim, size, blocks in STAGES:
+        side = max(1, round(size * scale))
+        for name, (c_in, c_out) in projections(dim).items():
+            torch.manual_seed(0)
+            x = torch.randn(args.batch_size, c_in, side, side).contiguous(memory_format=torch.channels_last)
+            g = torch.randn(args.batch_size, c_out, side, side).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(c_out, c_in, 1, 1)
+            reference = one_call(g, x, w)
+            for candidate, fn in CANDIDATES.items():
+                for got, want in zip(fn(g, x, w), reference):
+                    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * want.abs().max().item(), msg=candidate)
+            times = interleaved({k: (lambda fn=fn, g=g, x=x, w=w: fn(g, x, w)) for k, fn in CANDIDATES.items()}, args)
+            for candidate, seconds in times.items():
+                totals[candidate] += 1e3 * seconds * blocks
+            label = f"{name} {c_in}->{c_out} @{side}x{side}"
+            print(f"{label:<26}" + "".join(f"{1e3 * times[k]:12.2f}" for k in CANDIDATES))
+    print(f"{'a step (x blocks)':<26}" + "".join(f"{totals[k]:12.1f}" for k in CANDIDATES))
+    print("  " + ", ".join(f"{k} {totals['one_call'] / totals[k]:.2f}x" for k in CANDIDATES) + " of one_call's speed")
+
+    model = build(args.model)
+    split, count = with_apart_backward(model)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    y = torch.randint(0, 1000, (args.batch_size,))
+    steps = {}
+    for label, net in {"as it is": model, "apart": split}.items():
+        optimizer = default_optimizer(net.parameters())
+
+        def step(net=net, optimizer=optimizer) -> None:
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps[label] = step
+    times = interleaved(steps, args)
+    print(f"train step of {args.model}, {count} 1x1 convolutions' backward apart: "
+          f"{1e3 * times['apart']:.0f} ms against {1e3 * times['as it is']:.0f} ms as it is, "
+          f"{times['as it is'] / times['apart']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
