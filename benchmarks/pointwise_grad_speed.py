@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 
 import torch
 import torch.nn.functional as F
-from backbone_speed import add_timing_arguments, apply_malloc_setting, build, interleaved, malloc_setting
+from backbone_speed import (
+    add_timing_arguments,
+    apply_malloc_setting,
+    batch,
+    build,
+    interleaved,
+    load_average,
+    malloc_setting,
+    train_step,
+)
 from torch import nn
-
-from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 _conv_backward = torch.ops.aten.convolution_backward.default
 _ARGS = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, transposed, output padding, groups
@@ -100,7 +106,7 @@ def main() -> None:
     apply_malloc_setting(args)
     scale = args.image_size / 224
     print(f"# CPU, {args.threads} threads; fp32; batch {args.batch_size}; {args.image_size} px; median of "
-          f"{args.repeats}; {malloc_setting(args)}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"{args.repeats}; {malloc_setting(args)}; {load_average()}")  # fmt: skip
     print(f"{'shape':<26}" + "".join(f"{name:>12}" for name in CANDIDATES) + "   (ms a call)")
     totals = dict.fromkeys(CANDIDATES, 0.0)
     for dim, size, blocks in STAGES:
@@ -124,19 +130,11 @@ def main() -> None:
 
     model = build(args.model)
     split, count = with_apart_backward(model)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-    y = torch.randint(0, 1000, (args.batch_size,))
-    steps = {}
-    for label, net in {"as it is": model, "apart": split}.items():
-        optimizer = default_optimizer(net.parameters())
-
-        def step(net=net, optimizer=optimizer) -> None:
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        steps[label] = step
+    args.precision, args.channels_last = "fp32", False  # train_step's and batch's settings: backbone_speed's defaults
+    x, y = batch(args)
+    steps = {
+        label: train_step(net, args.model, x, y, args) for label, net in {"as it is": model, "apart": split}.items()
+    }
     times = interleaved(steps, args)
     print(f"train step of {args.model}, {count} 1x1 convolutions' backward apart: "
           f"{1e3 * times['apart']:.0f} ms against {1e3 * times['as it is']:.0f} ms as it is, "
