@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -85,7 +86,10 @@ def main(args: Sequence[str] | None = None) -> LightningCLI:
     the traceback too.
     """
     if args is not None:
-        return _cli(resolve_config_args(args))
+        try:
+            return _cli(resolve_config_args(args))
+        finally:
+            _close_process_group()
     held = _HeldLogs()
     try:
         sys.argv[1:] = resolve_config_args(sys.argv[1:])  # rewritten in place: LightningCLI warns when given args
@@ -102,6 +106,15 @@ def main(args: Sequence[str] | None = None) -> LightningCLI:
         raise SystemExit(2) from None
     finally:
         held.finish()
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Close the run's process group while the interpreter is whole. Lightning closes an NCCL group itself (at
+    exit) but leaves a gloo one (CPU DDP) to the interpreter's teardown, where gloo's threads sometimes abort a
+    finished run: ``terminate called without an active exception``, exit status -6."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 TRACEBACK_ENV = "FOCALBENCH_TRACEBACK"

@@ -19,3 +19,25 @@ def test_two_process_validation_equals_one_process(tmp_path, tiny_args, make_cla
     assert single["val_acc5"] == 1.0  # top-3 of 3 classes: a merged top-1/top-5 state would show here
     for name, value in single.items():
         assert double[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_ddp_run_closes_its_gloo_process_group_before_the_interpreter_exits(image_folder, tmp_path, tiny_args):
+    """Lightning closes only NCCL's process group (at exit); a gloo one left to the interpreter's teardown aborted a
+    finished two-process DINO fit now and then (``terminate called without an active exception``, exit -6)."""
+    import torch.distributed as dist
+
+    from focalbench.cli import main
+
+    try:
+        cli = main([
+            "fit", "--config", "cls_custom.yaml", "--data.root", str(image_folder), "--model.pretrained", "null",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "ddp",
+            "--trainer.fast_dev_run", "true", "--trainer.precision", "32",
+            "--trainer.default_root_dir", str(tmp_path / "runs"), *tiny_args,
+        ])  # fmt: skip
+        assert cli.trainer.world_size == 1 and cli.trainer.global_step == 1  # it trained, under DDP
+        assert type(cli.trainer.strategy).__name__ == "DDPStrategy"
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():  # before the fix: leave no group to the other tests
+            dist.destroy_process_group()
