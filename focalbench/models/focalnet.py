@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from focalbench.errors import ConfigError
 from focalbench.models.contract import pad_to_multiple
 from focalbench.models.dwconv import DepthwiseConv2d
-from focalbench.models.fused import block_fused, fused_path_available
+from focalbench.models.fused import block_fused, fused_path_available, release_prepared_weights
 from focalbench.models.layout import global_mean, split_channels
 
 
@@ -127,6 +127,11 @@ class FocalNetBlock(nn.Module):
             self.gamma_1 = self.gamma_2 = None
 
     fused_inference = True  # see focalbench.models.fused; ``FocalNet.set_fused_inference(False)`` turns it off
+
+    def train(self, mode: bool = True) -> FocalNetBlock:
+        if mode:  # the fused inference path's packed weights go stale with the first optimizer step
+            release_prepared_weights(self)
+        return super().train(mode)
 
     def _scaled(self, x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
         return self.drop_path(x if gamma is None else gamma.view(1, -1, 1, 1) * x)

@@ -64,18 +64,69 @@ def test_training_and_grad_mode_use_the_autograd_path():
     assert model.layers[0].blocks[0].modulation.h.weight.grad is not None
 
 
-def test_cached_fused_weights_follow_weight_updates():
+def _count_prepares(monkeypatch) -> list[int]:
+    calls = [0]
+    prepare = fused._prepare
+
+    def counting(*args):  # noqa: ANN002, ANN202
+        calls[0] += 1
+        return prepare(*args)
+
+    monkeypatch.setattr(fused, "_prepare", counting)
+    return calls
+
+
+def _prepared_entries(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [fused._PREPARED[p][1] for p in model.parameters() if p in fused._PREPARED]
+
+
+def test_cached_fused_weights_follow_weight_updates(monkeypatch):
+    """Each fused convolution packs its (γ-scaled, cast) weight once; an in-place update re-packs every one."""
     model, x = _model("focalnet_large_fl4"), torch.randn(1, 3, 32, 32)
+    prepares = _count_prepares(monkeypatch)
     with torch.no_grad():
         before = model(x)
+        packed = len(_prepared_entries(model))
+        # per block: f, h, fc1 and the focal levels' depth-wise convs (post-norm keeps proj and fc2 apart)
+        blocks = [m for m in model.modules() if isinstance(m, type(model.layers[0].blocks[0]))]
+        assert packed == prepares[0] == sum(3 + len(b.modulation.focal_layers) for b in blocks) > 0
+        assert all(weight.layout == torch._mkldnn for weight in _prepared_entries(model))
+        model(x)
+        assert prepares[0] == packed  # the second forward reuses them
         for param in model.parameters():  # what an optimizer step or load_state_dict does: in-place updates
             param.mul_(1.1)
         model.set_fused_inference(False)
         expected = model(x)
         model.set_fused_inference(True)
         after = model(x)
+    assert prepares[0] == 2 * packed
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weights_serve_any_input_size_and_go_when_training_starts(monkeypatch):
+    """The weights are packed for the first input's shape; other shapes reuse them and still compute the plain
+    function. Switching to train mode frees the packed copies (an optimizer step would make them stale), and a
+    copy of the model (EMA, deepcopy) carries none of them."""
+    import copy
+
+    model = _model("focalnet_tiny_lrf")
+    prepares = _count_prepares(monkeypatch)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+        packed = prepares[0]
+        for size in ((1, 3, 96, 64), (3, 3, 32, 48)):
+            x = torch.randn(size)
+            model.set_fused_inference(False)
+            expected = model(x)
+            model.set_fused_inference(True)
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        assert prepares[0] == packed
+        twin = copy.deepcopy(model)
+        assert len(_prepared_entries(model)) == packed and not _prepared_entries(twin)
+        torch.testing.assert_close(twin(x), expected, rtol=1e-5, atol=1e-5)
+    model.train()
+    assert not _prepared_entries(model)
 
 
 def test_global_context_only_model_runs_fused_and_plain():
@@ -106,32 +157,38 @@ def test_custom_ops_for_torch_compile_pass_opcheck():
     for layout in (torch.contiguous_format, torch.channels_last):
         x = x.contiguous(memory_format=layout)
         depthwise, pointwise = torch.randn(8, 1, 5, 5), torch.randn(6, 8, 1, 1)
-        torch.library.opcheck(fused._conv_gelu_op, (x, depthwise, None, [2, 2], 8))
-        torch.library.opcheck(fused._conv_gelu_op, (x, pointwise, torch.randn(6), [0, 0], 1))
+        torch.library.opcheck(fused._conv_unary_op, (x, depthwise, None, None, [2, 2], 8, "gelu"))
+        torch.library.opcheck(fused._conv_unary_op, (x, pointwise, torch.randn(6), torch.randn(6), [0, 0], 1, "none"))
         other = torch.randn(2, 6, 5, 7).contiguous(memory_format=layout)
         for op in ("add", "mul"):
-            torch.library.opcheck(fused._conv1x1_binary_op, (x, other, pointwise, torch.randn(6), op))
+            torch.library.opcheck(fused._conv1x1_binary_op, (x, other, pointwise, torch.randn(6), None, op))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compiled_fused_forward_equals_plain_without_graph_breaks(precision):
-    """Under torch.compile the fused path stays (as custom ops inductor keeps) and computes the plain function."""
+def test_compiled_fused_forward_equals_plain_without_graph_breaks(precision, monkeypatch):
+    """Under torch.compile the fused path stays (as custom ops inductor keeps), computes the plain function and
+    packs each weight once: the compiled calls reuse the packed weights, as the eager ones do."""
     import torch._dynamo
 
     model, x = _model("focalnet_large_fl4"), torch.randn(2, 3, 64, 64)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    prepares = _count_prepares(monkeypatch)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         model.set_fused_inference(False)
         plain = model(x).float()
         model.set_fused_inference(True)
-        compiled = torch.compile(model)(x).float()
+        compiled_model = torch.compile(model)
+        compiled = compiled_model(x).float()
+        packed = prepares[0]
+        compiled_model(x)
+    assert packed == len(_prepared_entries(model)) > 0 and prepares[0] == packed
     assert not torch._dynamo.utils.counters["graph_break"]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     graphs = []
     with torch.no_grad():  # the traced graph holds the custom ops (a capturing backend: no inductor needed)
         torch.compile(model, backend=lambda gm, _: graphs.append(gm.code) or gm.forward)(x)
-    assert "focalbench.conv_gelu" in graphs[0] and "focalbench.conv1x1_binary" in graphs[0]
+    assert "focalbench.conv_unary" in graphs[0] and "focalbench.conv1x1_binary" in graphs[0]
     tolerance = 0.02 * plain.abs().max() if precision == "bf16" else 1e-5
     torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance)
