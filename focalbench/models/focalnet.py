@@ -129,8 +129,9 @@ class FocalNetBlock(nn.Module):
     fused_inference = True  # see focalbench.models.fused; ``FocalNet.set_fused_inference(False)`` turns it off
 
     def train(self, mode: bool = True) -> FocalNetBlock:
-        if mode:  # the fused inference path's packed weights go stale with the first optimizer step
-            release_prepared_weights(self)
+        # The fused inference path's packed weights go stale when training moves the weights, and Lightning returns
+        # to training by setting ``training`` (no train() call): each eval() starts from the weights as they are.
+        release_prepared_weights(self)
         return super().train(mode)
 
     def _scaled(self, x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 _conv_unary = torch.ops.mkldnn._convolution_pointwise.default
@@ -56,7 +57,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 # activations) get 5-25 % faster. Keyed by the weight parameter itself, so that the same cache serves the eager
 # calls and the custom ops under torch.compile (which receive the parameters), and nothing is stored on the module
 # (deepcopy, pickling and state dicts stay as they were); an entry goes with its parameter.
+# An entry is dropped when its weight changes: in-place ops bump the version counter (part of the key), but fused
+# optimizers (AdamW(fused=True)) and collectives write without bumping it, so every optimizer step drops them all
+# (the hook below), and so does each train()/eval() call on a block (Lightning evaluates after model.eval()).
 _PREPARED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _drop_all_prepared(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    _PREPARED.clear()
+
+
+register_optimizer_step_post_hook(_drop_all_prepared)
 
 
 def prepared_weight(
@@ -69,9 +80,10 @@ def prepared_weight(
     input_shape: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``weight`` and ``bias`` in ``dtype``, scaled by ``scale`` (per output channel) and packed for oneDNN,
-    cached until any of them changes (an optimizer step or ``load_state_dict`` bumps their versions; assigning
-    ``.data`` changes the storage). The layout is chosen for the first ``input_shape``; oneDNN reorders on the fly
-    for another, so any shape gives the same result."""
+    cached until any of them changes (in-place ops and ``load_state_dict`` bump their versions, assigning ``.data``
+    changes the storage, any optimizer step and any ``train()``/``eval()`` of the block drop the cache; after any
+    other write, call :func:`release_prepared_weights`). The layout is chosen for the first ``input_shape``; oneDNN
+    reorders on the fly for another, so any shape gives the same result."""
     tensors = [t for t in (weight, bias, scale) if t is not None]
     if any(t.is_inference() for t in tensors):  # no version counter: a change could not be seen, so no cache
         return _prepare(weight, bias, scale, dtype, padding, groups, input_shape)
@@ -92,7 +104,8 @@ def _prepare(weight, bias, scale, dtype, padding, groups, input_shape):  # noqa:
 
 
 def release_prepared_weights(module: nn.Module) -> None:
-    """Drop the packed copies of ``module``'s weights (training makes them stale; this frees their memory)."""
+    """Drop the packed copies of ``module``'s weights: they are stale once the weights change, and this frees
+    their memory."""
     for param in module.parameters():
         _PREPARED.pop(param, None)
 

@@ -129,6 +129,34 @@ def test_packed_weights_serve_any_input_size_and_go_when_training_starts(monkeyp
     assert not _prepared_entries(model)
 
 
+def test_packed_weights_follow_updates_that_leave_the_version_counters_alone(monkeypatch):
+    """Fused AdamW writes the weights without bumping their version counters. An optimizer step (any optimizer)
+    drops every packed weight, and so does an ``eval()`` call, so the next fused forward computes with the weights
+    as they are, also when the model never left eval mode (a step taken with grad enabled in eval mode)."""
+    model, x = _model("focalnet_tiny_lrf"), torch.randn(2, 3, 32, 32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    prepares = _count_prepares(monkeypatch)
+    with torch.no_grad():
+        before = model(x)
+    packed = prepares[0]
+    versions = [p._version for p in model.parameters()]
+    model(x).sum().backward()  # eval mode, grad enabled: the autograd path
+    optimizer.step()
+    assert [p._version for p in model.parameters()] == versions  # what the version key alone could not see
+    assert not _prepared_entries(model)
+    with torch.no_grad():
+        after = model(x)
+        model.set_fused_inference(False)
+        expected = model(x)
+        model.set_fused_inference(True)
+    assert prepares[0] == 2 * packed and not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+    for param in model.parameters():  # e.g. weights written by a collective, in place, behind autograd's back
+        param.data.view(-1)[0] += 1.0
+    model.eval()
+    assert not _prepared_entries(model)
+
+
 def test_global_context_only_model_runs_fused_and_plain():
     """L = 0 (the paper's ablation: only the global context): the gated sum has one term, on both paths."""
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ over a run and which stay bit-identical)."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from pathlib import Path
@@ -433,3 +434,42 @@ def test_a_fused_optimizer_with_clipping_under_mixed_precision_is_a_config_error
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
     ).fit(clipped, train_dataloaders=loader(1))  # fmt: skip
     assert any(not torch.equal(a, b) for a, b in zip(before, clipped.parameters()))  # not fused: it trains
+
+
+class ValidationLogits(Callback):
+    """The logits of every validation batch, per epoch."""
+
+    def __init__(self) -> None:
+        self.logits: list[torch.Tensor] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.logits.append(outputs.detach().clone())
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_adamw", "foreach_adamw"])
+def test_each_validation_computes_with_the_weights_trained_so_far(fused, tmp_path):
+    """Three epochs, each validated: every validation's logits are the plain forward of the weights at that point.
+    Lightning switches back to training by setting ``training`` (no ``train()`` call), and fused AdamW updates the
+    weights without bumping their version counters: the fused inference path's packed weights from the first
+    validation served the later ones (the demo recipes validated an untrained model)."""
+    torch.manual_seed(0)
+    model = task(optimizer=lambda params: torch.optim.AdamW(params, lr=0.05, fused=fused))
+    record, val = ValidationLogits(), DataLoader(samples(2, seed=1), batch_size=2)
+    snapshots = []
+
+    class Snapshot(Callback):
+        def on_validation_epoch_start(self, trainer, pl_module) -> None:
+            snapshots.append(copy.deepcopy(pl_module.model).eval())
+
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[Snapshot(), record],
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=loader(4), val_dataloaders=val)
+    images = next(iter(val))["image"]
+    assert len(record.logits) == len(snapshots) == 3
+    for logits, weights in zip(record.logits, snapshots):
+        weights.set_fused_inference(False)
+        with torch.no_grad():
+            torch.testing.assert_close(logits, weights(images), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(record.logits[0], record.logits[-1])  # the weights did move between validations
