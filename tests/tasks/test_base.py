@@ -437,7 +437,7 @@ def test_a_fused_optimizer_with_clipping_under_mixed_precision_is_a_config_error
 
 
 class ValidationLogits(Callback):
-    """The logits of every validation batch, per epoch."""
+    """The logits of every validation batch, in order."""
 
     def __init__(self) -> None:
         self.logits: list[torch.Tensor] = []
@@ -451,7 +451,7 @@ def test_each_validation_computes_with_the_weights_trained_so_far(fused, tmp_pat
     """Three epochs, each validated: every validation's logits are the plain forward of the weights at that point.
     Lightning switches back to training by setting ``training`` (no ``train()`` call), and fused AdamW updates the
     weights without bumping their version counters: the fused inference path's packed weights from the first
-    validation served the later ones (the demo recipes validated an untrained model)."""
+    validation served the later ones (the demo recipes validated every epoch with the first epoch's weights)."""
     torch.manual_seed(0)
     model = task(optimizer=lambda params: torch.optim.AdamW(params, lr=0.05, fused=fused))
     record, val = ValidationLogits(), DataLoader(samples(2, seed=1), batch_size=2)
