@@ -25,14 +25,21 @@ def _model(name: str) -> torch.nn.Module:
     return model
 
 
+def _plain(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` through the plain modules; the fused path is on again afterwards."""
+    model.set_fused_inference(False)
+    try:
+        return model(x)
+    finally:
+        model.set_fused_inference(True)
+
+
 @pytest.mark.parametrize("name", FLAG_VARIANTS)
 def test_fused_equals_plain_fp32(name):
     assert name in VARIANTS
     model, x = _model(name), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        model.set_fused_inference(False)
-        plain = model(x)
-        model.set_fused_inference(True)
+        plain = _plain(model, x)
         fused = model(x)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
 
@@ -43,9 +50,7 @@ def test_fused_bf16_autocast_stays_within_bf16_error(name):
     with torch.no_grad():
         reference = model(x)  # fp32
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            model.set_fused_inference(False)
-            plain = model(x).float()
-            model.set_fused_inference(True)
+            plain = _plain(model, x).float()
             fused = model(x).float()
     scale = reference.abs().max()
     # bf16 keeps ~3 significant digits; both bf16 paths sit within 2 % of the logit range of fp32
@@ -95,9 +100,7 @@ def test_cached_fused_weights_follow_weight_updates(monkeypatch):
         assert prepares[0] == packed  # the second forward reuses them
         for param in model.parameters():  # what an optimizer step or load_state_dict does: in-place updates
             param.mul_(1.1)
-        model.set_fused_inference(False)
-        expected = model(x)
-        model.set_fused_inference(True)
+        expected = _plain(model, x)
         after = model(x)
     assert prepares[0] == 2 * packed
     assert not torch.allclose(before, after)
@@ -117,9 +120,7 @@ def test_packed_weights_serve_any_input_size_and_go_when_training_starts(monkeyp
         packed = prepares[0]
         for size in ((1, 3, 96, 64), (3, 3, 32, 48)):
             x = torch.randn(size)
-            model.set_fused_inference(False)
-            expected = model(x)
-            model.set_fused_inference(True)
+            expected = _plain(model, x)
             torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
         assert prepares[0] == packed
         twin = copy.deepcopy(model)
@@ -146,9 +147,7 @@ def test_packed_weights_follow_updates_that_leave_the_version_counters_alone(mon
     assert not _prepared_entries(model)
     with torch.no_grad():
         after = model(x)
-        model.set_fused_inference(False)
-        expected = model(x)
-        model.set_fused_inference(True)
+        expected = _plain(model, x)
     assert prepares[0] == 2 * packed and not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
     for param in model.parameters():  # e.g. weights written by a collective, in place, behind autograd's back
@@ -204,9 +203,7 @@ def test_compiled_fused_forward_equals_plain_without_graph_breaks(precision, mon
     torch._dynamo.utils.counters.clear()
     prepares = _count_prepares(monkeypatch)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        model.set_fused_inference(False)
-        plain = model(x).float()
-        model.set_fused_inference(True)
+        plain = _plain(model, x).float()
         compiled_model = torch.compile(model)
         compiled = compiled_model(x).float()
         packed = prepares[0]
