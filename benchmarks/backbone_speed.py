@@ -26,7 +26,8 @@ machine reaches in the same precision (measured first). Memory: ``act. MB`` is w
 pass of one training forward (exact, counted over distinct storages; the dominant, implementation-dependent part
 of training memory; under ``--grad-checkpointing`` it leaves out the block inputs that checkpointing keeps itself);
 ``peak MB`` is the whole memory a train step adds: on CUDA the allocator's peak, on CPU the rise of the resident
-size over a first step in a fresh process (weights' gradients and AdamW state included). Both memory columns
+size over a first step in a fresh process (weights' gradients and AdamW state included; ``--peak-steps N``: over
+the first N steps, where later steps' fragmentation of the heap and libraries' cached buffers show). Both memory columns
 are taken on the eager model, also under ``--compile``. ``faults fwd/train``: minor page faults per forward / train
 step (each a fresh 4 KiB page from the kernel). With glibc's default malloc a step faults its large activations in
 anew (blocks over 32 MB are mmap-ed per call, the heap's top is returned when mostly free), which costs the models
@@ -323,15 +324,16 @@ def _first_step_peak(spec: str, args, connection) -> None:
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets the high-water mark VmHWM to the current resident size
     before = _status_kb("VmRSS:")
-    step()
+    for _ in range(args.peak_steps):
+        step()
     connection.send((_status_kb("VmHWM:") - before) / 1024)
 
 
 def cpu_step_peak_mb(spec: str, args, runs: int = 3) -> float:
-    """Peak resident memory (MB) one train step adds on CPU (activations, workspaces, gradients, AdamW state): the
-    kernel's high-water mark after the step minus the resident size before it, each time in a fresh (spawned)
-    process, so that memory the allocator keeps from earlier steps cannot hide any of it; the median of ``runs``
-    (single runs vary by about 3 %). Linux only."""
+    """Peak resident memory (MB) one train step (``args.peak_steps`` steps) adds on CPU (activations, workspaces,
+    gradients, AdamW state): the kernel's high-water mark after the step minus the resident size before it, each
+    time in a fresh (spawned) process, so that memory the allocator keeps from earlier steps cannot hide any of it;
+    the median of ``runs`` (single runs vary by about 3 %). Linux only."""
     context = multiprocessing.get_context("spawn")  # a fork would inherit OpenMP's threads and hang
     peaks = []
     for _ in range(runs):
@@ -365,6 +367,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: batch 2, no warm-up, one timed iteration, one peak-memory run"
     )
+    parser.add_argument("--peak-steps", type=int, default=1, help="CPU peak MB over this many first train steps")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -382,7 +385,7 @@ def main() -> None:
         f"grad_checkpointing={args.grad_checkpointing}; "
         f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; {args.clock} clock; "
         f"matmul peak {', '.join(f'{p} {rate:.0f}' for p, rate in peaks.items())} GFLOP/s (measured now); "
-        f"{malloc_setting(args)}; {start_load} at the start"
+        f"{malloc_setting(args)}; peak MB over {args.peak_steps} step(s); {start_load} at the start"
     )
     results = measure(args.models, args)
     for name, result in results.items():

@@ -1,5 +1,5 @@
-"""1×1 convolution backward: autograd's one oneDNN call vs the gradients asked for apart, per FocalNet-T projection,
-then in the model's train step.
+"""1×1 convolution backward: autograd's one oneDNN call vs the gradients asked for apart vs MKL products, per
+FocalNet-T projection, then in the model's train step (where ``focalbench.models.pointwise`` picks per shape).
 
     python benchmarks/pointwise_grad_speed.py                 # FocalNet-T's 20 projection shapes at batch 8, 224 px
     python benchmarks/pointwise_grad_speed.py --malloc retain # glibc keeps freed memory: no page faults
@@ -12,9 +12,11 @@ gradients. Candidates, each checked against it before timing:
 * ``mkl``: ``grad_x = g·W`` and ``grad_W = gᵀ·x`` as MKL products over the channels_last (N·H·W, C) views.
 
 Per shape: the median milliseconds of each (models' shapes at ``--batch-size`` and ``--image-size``), then the sum
-over the network (each shape times its number of blocks). Last, the whole train step of our FocalNet-T with every
-1×1 convolution's backward taken ``apart`` (a drop-in autograd function here) against the model as it is, timed in
-turn: what a candidate saves alone need not survive inside the step.
+over the network (each shape times its number of blocks). Last, whole train steps of our FocalNet-T, timed in turn
+(what a candidate saves alone need not survive inside the step): the model as it is (each 1×1 layer's forward and
+backward on the library its first call timed faster, ``focalbench.models.pointwise``), the same weights on
+PyTorch's own convolution (oneDNN throughout), and every 1×1 backward taken ``apart`` (a drop-in autograd function
+here).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from backbone_speed import (
 )
 from torch import nn
 
+from focalbench.models.pointwise import PointwiseConv2d, backward_mkl, backward_onednn
+
 _conv_backward = torch.ops.aten.convolution_backward.default
 _ARGS = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, transposed, output padding, groups
 STAGES = [(96, 56, 2), (192, 28, 2), (384, 14, 6), (768, 7, 2)]  # FocalNet-T at 224 px: (C, H = W, blocks)
@@ -47,7 +51,7 @@ def projections(dim: int) -> dict[str, tuple[int, int]]:
 
 
 def one_call(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return _conv_backward(g, x, w, [w.shape[0]], *_ARGS, [True, True, True])
+    return backward_onednn(g, x, w, [True, True, True])
 
 
 def apart(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -57,10 +61,7 @@ def apart(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tens
 
 
 def mkl(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    n, c, h, width = x.shape
-    g2, x2 = g.permute(0, 2, 3, 1).reshape(-1, w.shape[0]), x.permute(0, 2, 3, 1).reshape(-1, c)
-    grad_x = (g2 @ w.view(w.shape[0], c)).view(n, h, width, c).permute(0, 3, 1, 2)
-    return grad_x, (g2.t() @ x2).view_as(w), g2.sum(0)
+    return backward_mkl(g, x, w, [True, True, True])
 
 
 CANDIDATES = {"one_call": one_call, "apart": apart, "mkl": mkl}
@@ -84,15 +85,30 @@ class ApartConv(nn.Conv2d):
         return _Apart.apply(x, self.weight, self.bias)
 
 
-def with_apart_backward(model: nn.Module) -> tuple[nn.Module, int]:
-    """A copy of ``model`` whose 1×1 convolutions with bias inside the stages take :class:`ApartConv`'s backward."""
+def _with_class(model: nn.Module, new_class: type, selected) -> tuple[nn.Module, int]:  # noqa: ANN001
     model = copy.deepcopy(model)
     count = 0
     for name, module in model.named_modules():
-        if type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.bias is not None and "layers" in name:
-            module.__class__ = ApartConv
+        if selected(name, module):
+            module.__class__ = new_class
             count += 1
     return model, count
+
+
+def with_apart_backward(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` whose 1×1 convolutions with bias inside the stages take :class:`ApartConv`'s backward."""
+    return _with_class(
+        model,
+        ApartConv,
+        lambda name, m: (
+            isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.bias is not None and "layers" in name
+        ),
+    )
+
+
+def with_plain_convolutions(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` whose :class:`PointwiseConv2d` layers are PyTorch's ``nn.Conv2d`` (oneDNN throughout)."""
+    return _with_class(model, nn.Conv2d, lambda name, m: isinstance(m, PointwiseConv2d))
 
 
 def main() -> None:
@@ -130,15 +146,15 @@ def main() -> None:
 
     model = build(args.model)
     split, count = with_apart_backward(model)
+    plain, _ = with_plain_convolutions(model)
     args.precision, args.channels_last = "fp32", False  # train_step's and batch's settings: backbone_speed's defaults
     x, y = batch(args)
-    steps = {
-        label: train_step(net, args.model, x, y, args) for label, net in {"as it is": model, "apart": split}.items()
-    }
-    times = interleaved(steps, args)
-    print(f"train step of {args.model}, {count} 1x1 convolutions' backward apart: "
-          f"{1e3 * times['apart']:.0f} ms against {1e3 * times['as it is']:.0f} ms as it is, "
-          f"{times['as it is'] / times['apart']:.2f}x")  # fmt: skip
+    nets = {"pytorch": plain, "apart": split, "autotuned": model}
+    times = interleaved({label: train_step(net, args.model, x, y, args) for label, net in nets.items()}, args)
+    print(f"train step of {args.model}, {count} 1x1 convolutions: {1e3 * times['pytorch']:.0f} ms on PyTorch's "
+          f"convolution; backward apart {1e3 * times['apart']:.0f} ms, {times['pytorch'] / times['apart']:.2f}x; "
+          f"autotuned (the model) {1e3 * times['autotuned']:.0f} ms, "
+          f"{times['pytorch'] / times['autotuned']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
     python benchmarks/step_breakdown.py --forward                # the inference forward (ours: fused oneDNN path)
 
 The step is ``backbone_speed.py``'s (same models, batch, drop path, fused AdamW). Every ATen call in it is timed
-through a ``TorchDispatchMode`` and added to its kind: 1x1 convolutions (forward, backward), depth-wise ones, other
-convolutions (patch embeddings), GELU, LayerNorm, element-wise ops and copies, the optimizer's update. "outside
-ATen" is the step's wall time minus its calls': Python, the autograd engine, and the mode's own cost (a few us a
+through a ``TorchDispatchMode`` and added to its kind: 1x1 convolutions (forward, backward; with those that
+``focalbench.models.pointwise`` runs as MKL matrix products, and the head's), depth-wise ones, other convolutions
+(patch embeddings), GELU, LayerNorm, element-wise ops and copies, the optimizer's update. "outside ATen" is the
+step's wall time minus its calls': Python, the autograd engine, and the mode's own cost (a few us a
 call, the same for both models). The 1x1 convolutions' FLOP rates (2 x N x H x W x C_in x C_out forward, twice
 that backward) are set against the machine's matmul peak, measured first as in ``backbone_speed.py``. Figures are
 mean ms per step over ``--repeats`` steps after ``--warmup``, the models in turn within each round. Unlike
@@ -71,6 +72,15 @@ def conv_kind(name: str, args: tuple) -> tuple[str, float]:
     return "1x1 conv forward", flop
 
 
+def product_kind(args: tuple) -> tuple[str, float]:
+    """A matrix product's kind and FLOPs (2·M·K·N): a 1x1 convolution taken as an MKL product
+    (``focalbench.models.pointwise``; the classifier head's ``Linear`` counts here too), forward or backward by
+    whether the autograd engine is running a backward node."""
+    a, b = args[-2:]
+    phase = "backward" if torch._C._current_autograd_node() is not None else "forward"
+    return f"1x1 conv {phase}", 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+
+
 class KindTimer(TorchDispatchMode):
     """Adds each ATen call's wall time (and a 1x1 convolution's FLOPs) to its kind; ``phase`` "optimizer" makes
     every call count as the optimizer's."""
@@ -92,6 +102,8 @@ class KindTimer(TorchDispatchMode):
             kind = "optimizer"
         elif name in _CONV_ARGS:
             kind, flop = conv_kind(name, args)
+        elif op in ("mm", "addmm"):
+            kind, flop = product_kind(args)
         elif "gelu" in op:
             kind = "GELU"
         elif "layer_norm" in op:
@@ -108,27 +120,25 @@ class KindTimer(TorchDispatchMode):
 def timed_step(model: torch.nn.Module, spec: str, args) -> Callable[[KindTimer], float]:
     """One train step (or inference forward) under a timer; returns its wall time."""
     x, y = batch(args)
-    if args.forward:
+    optimizer = None if args.forward else default_optimizer(model.parameters())  # backbone_speed's fused AdamW
 
-        def run(timer: KindTimer) -> float:
-            start = time.perf_counter()
-            with torch.inference_mode(), autocast(args, spec), timer:
+    def step(timer: KindTimer) -> None:
+        if optimizer is None:
+            with torch.inference_mode(), autocast(args, spec):
                 model(x)
-            return time.perf_counter() - start
-
-        return run
-    optimizer = default_optimizer(model.parameters())  # as backbone_speed.train_step: the tasks' fused AdamW
+            return
+        with autocast(args, spec):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        timer.phase = "optimizer"
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.phase = "model"
 
     def run(timer: KindTimer) -> float:
         start = time.perf_counter()
         with timer:
-            with autocast(args, spec):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            timer.phase = "optimizer"
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            timer.phase = "model"
+            step(timer)
         return time.perf_counter() - start
 
     return run

@@ -140,9 +140,10 @@ def test_backbone_speed_unfused_runs_our_forward_without_the_fused_post_ops(monk
 def test_pointwise_grad_speed_candidates_and_its_apart_model_give_autograds_gradients(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch
-    from pointwise_grad_speed import CANDIDATES, ApartConv, with_apart_backward
+    from pointwise_grad_speed import CANDIDATES, ApartConv, with_apart_backward, with_plain_convolutions
 
     from focalbench.models import create_model
+    from focalbench.models.pointwise import PointwiseConv2d
 
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -162,14 +163,18 @@ def test_pointwise_grad_speed_candidates_and_its_apart_model_give_autograds_grad
     assert count == 4 * 5  # f, h, proj, fc1, fc2 in each of the 4 blocks
     assert sum(isinstance(m, ApartConv) for m in split.modules()) == 20
     assert not any(isinstance(m, ApartConv) for m in model.modules())  # the model itself is left as it is
+    plain, count = with_plain_convolutions(model)
+    assert count == 20
+    assert not any(isinstance(m, PointwiseConv2d) for m in plain.modules())
     image = torch.randn(2, 3, 32, 32)
     grads = []
-    for net in (model, split):
+    for net in (model, split, plain):
         torch.nn.functional.cross_entropy(net.train()(image), torch.tensor([0, 2])).backward()
         grads.append({name: p.grad for name, p in net.named_parameters()})
-    assert grads[0].keys() == grads[1].keys()
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[2][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow
@@ -183,7 +188,11 @@ def test_pointwise_grad_speed_prints_every_shape_and_the_whole_step():
     rows = re.findall(r"^(f|h|proj|fc1|fc2) \d+->\d+ @\d+x\d+ +[\d.]+ +[\d.]+ +[\d.]+$", run.stdout, re.MULTILINE)
     assert rows == ["f", "h", "proj", "fc1", "fc2"] * 4
     assert re.search(r"one_call 1.00x, apart [\d.]+x, mkl [\d.]+x of one_call's speed", run.stdout)
-    assert re.search(r"60 1x1 convolutions' backward apart: \d+ ms against \d+ ms as it is, [\d.]+x", run.stdout)
+    assert re.search(
+        r"60 1x1 convolutions: \d+ ms on PyTorch's convolution; backward apart \d+ ms, [\d.]+x; "
+        r"autotuned \(the model\) \d+ ms, [\d.]+x",
+        run.stdout,
+    )
 
 
 def test_optimizer_speed_times_the_same_update_three_ways(monkeypatch):
@@ -246,6 +255,44 @@ def test_step_breakdown_sorts_calls_into_kinds_and_counts_the_1x1_flops(monkeypa
     assert timer.flop["1x1 conv forward"] == flop
     assert timer.flop["1x1 conv backward"] == (2 if input_grad else 1) * flop  # the weight's, the input's if wanted
     assert timer.flop["depth-wise conv"] == timer.flop["other conv"] == 0
+
+
+def test_backbone_speed_peak_memory_spans_the_asked_number_of_steps(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import argparse
+
+    import backbone_speed
+    import torch
+
+    steps = []
+    monkeypatch.setattr(backbone_speed, "build", lambda spec, drop_path: torch.nn.Identity())
+    monkeypatch.setattr(backbone_speed, "prepare", lambda model, args, compiled: model)
+    monkeypatch.setattr(backbone_speed, "batch", lambda args: ())
+    monkeypatch.setattr(backbone_speed, "train_step", lambda *a: lambda: steps.append(1))
+    monkeypatch.setattr(backbone_speed, "apply_malloc_setting", lambda args: None)
+    sent = []
+    connection = argparse.Namespace(send=sent.append)
+    args = argparse.Namespace(threads=1, drop_path=0.0, peak_steps=3)
+    backbone_speed._first_step_peak("any", args, connection)
+    assert len(steps) == 3 and len(sent) == 1 and sent[0] >= 0
+
+
+def test_step_breakdown_counts_the_1x1_products_of_each_pass(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+    from step_breakdown import KindTimer
+
+    from focalbench.models import pointwise
+
+    monkeypatch.setattr(pointwise, "choose", lambda key, candidates: "mkl")  # the 1x1 layer as MKL products
+    conv = pointwise.PointwiseConv2d(4, 6)
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    timer = KindTimer()
+    with timer:
+        conv(x).sum().backward()
+    flop = 2 * 2 * 8 * 8 * 4 * 6
+    assert timer.flop["1x1 conv forward"] == flop  # addmm
+    assert timer.flop["1x1 conv backward"] == 2 * flop  # mm for the input's gradient and for the weight's
 
 
 @pytest.mark.slow

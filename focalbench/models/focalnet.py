@@ -1,8 +1,8 @@
 """Focal Modulation Networks (Yang et al., 2022, arXiv:2203.11926), written from section 3 of the paper.
 
 Tensors are NCHW in ``channels_last`` memory from the stem on: the per-token projections (``f``, ``h``, ``proj``,
-the MLP) are 1×1 convolutions, which oneDNN runs 1.3-2.4× faster in that layout than MKL runs the same ``Linear``
-(measured on this project's 2-core CPU; ``benchmarks/backbone_speed.py`` compares the whole model); the
+the MLP) are 1×1 convolutions, whose (N·H·W, C) view is then a plain matrix, so that each training pass runs on
+oneDNN's convolution or MKL's product, whichever its first call timed faster (``focalbench.models.pointwise``); the
 depth-wise convolutions read it directly; LayerNorm over C is a permute *view* to NHWC, so no layout copies are
 made anywhere. Parameter names follow the official checkpoints (``patch_embed``, ``layers.i.blocks.j``,
 ``modulation.f/h/proj/focal_layers``, ``layers.i.downsample`` at the end of stage i); projections are stored as
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.layers import LayerNorm2d as _LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -30,6 +30,7 @@ from focalbench.models.contract import pad_to_multiple
 from focalbench.models.dwconv import DepthwiseConv2d
 from focalbench.models.fused import block_fused, fused_path_available, release_prepared_weights
 from focalbench.models.layout import global_mean, split_channels
+from focalbench.models.pointwise import PointwiseConv2d, PointwiseMlp
 
 
 def LayerNorm2d(dim: int) -> nn.Module:  # noqa: N802 - a layer factory, named like the layer it builds
@@ -60,13 +61,13 @@ class FocalModulation(nn.Module):
         self.dim = dim
         self.focal_level = focal_level
         self.normalize_modulator = normalize_modulator
-        self.f = nn.Conv2d(dim, 2 * dim + focal_level + 1, 1)
+        self.f = PointwiseConv2d(dim, 2 * dim + focal_level + 1)
         self.kernel_sizes = [focal_factor * level + focal_window for level in range(focal_level)]
         self.focal_layers = nn.ModuleList(nn.Sequential(DepthwiseConv2d(dim, k), nn.GELU()) for k in self.kernel_sizes)
         self.act = nn.GELU()
-        self.h = nn.Conv2d(dim, dim, 1)
+        self.h = PointwiseConv2d(dim, dim)
         self.ln = LayerNorm2d(dim) if use_post_norm else nn.Identity()
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.proj = PointwiseConv2d(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ class FocalNetBlock(nn.Module):
             proj_drop=drop,
         )
         self.norm2 = LayerNorm2d(dim)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), drop=drop, use_conv=True)
+        self.mlp = PointwiseMlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if layerscale_value is not None:
             self.gamma_1 = nn.Parameter(torch.full((dim,), float(layerscale_value)))

@@ -21,17 +21,21 @@ def _plain(x: torch.Tensor) -> bool:
 
 class _SplitChannels(torch.autograd.Function):
     """``x.split(sizes, dim=1)`` whose backward writes the pieces' gradients straight into one buffer laid out as
-    ``x`` (autograd's concatenates them NCHW-contiguous)."""
+    ``x`` (autograd's concatenates them NCHW-contiguous). An unused piece's gradient arrives as None (not
+    materialised as zeros) and only its channels of the buffer are zeroed."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+        ctx.set_materialize_grads(False)
         ctx.sizes = list(sizes)
         ctx.memory_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         return x.split(ctx.sizes, dim=1)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        reference = next(g for g in grads if g is not None)
+        reference = next((g for g in grads if g is not None), None)
+        if reference is None:
+            return None, None
         n, _, h, w = reference.shape
         size, like = (n, sum(ctx.sizes), h, w), {"dtype": reference.dtype, "device": reference.device}
         grad = torch.empty(size, memory_format=ctx.memory_format, **like)
