@@ -3,6 +3,7 @@ FocalNet-T projection, then in the model's train step (where ``focalbench.models
 
     python benchmarks/pointwise_grad_speed.py                 # FocalNet-T's 20 projection shapes at batch 8, 224 px
     python benchmarks/pointwise_grad_speed.py --malloc retain # glibc keeps freed memory: no page faults
+    python benchmarks/pointwise_grad_speed.py --precision bf16  # the whole-step comparison under bf16 autocast
 
 For ``y = conv1x1(x, W) + b`` autograd makes one ``aten.convolution_backward`` call for the input, weight and bias
 gradients. Candidates, each checked against it before timing:
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--model", default="focalnet_tiny_srf", help="our variant for the whole-step comparison")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="of the whole-step comparison (bf16: autocast)"
+    )
     add_timing_arguments(parser, warmup=2, repeats=9, clock=False)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,14 +151,22 @@ def main() -> None:
     model = build(args.model)
     split, count = with_apart_backward(model)
     plain, _ = with_plain_convolutions(model)
-    args.precision, args.channels_last = "fp32", False  # train_step's and batch's settings: backbone_speed's defaults
+    args.channels_last = False  # batch's setting: backbone_speed's default
     x, y = batch(args)
     nets = {"pytorch": plain, "apart": split, "autotuned": model}
+    if args.precision == "bf16":
+        del nets["apart"]  # its autograd function takes no autocast casts
     times = interleaved({label: train_step(net, args.model, x, y, args) for label, net in nets.items()}, args)
-    print(f"train step of {args.model}, {count} 1x1 convolutions: {1e3 * times['pytorch']:.0f} ms on PyTorch's "
-          f"convolution; backward apart {1e3 * times['apart']:.0f} ms, {times['pytorch'] / times['apart']:.2f}x; "
-          f"autotuned (the model) {1e3 * times['autotuned']:.0f} ms, "
-          f"{times['pytorch'] / times['autotuned']:.2f}x")  # fmt: skip
+    others = [("backward apart", "apart"), ("autotuned (the model)", "autotuned")]
+    print(
+        f"{args.precision} train step of {args.model}, {count} 1x1 convolutions: "
+        f"{1e3 * times['pytorch']:.0f} ms on PyTorch's convolution; "
+        + "; ".join(
+            f"{label} {1e3 * times[key]:.0f} ms, {times['pytorch'] / times[key]:.2f}x"
+            for label, key in others
+            if key in times
+        )
+    )
 
 
 if __name__ == "__main__":

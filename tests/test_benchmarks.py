@@ -178,20 +178,23 @@ def test_pointwise_grad_speed_candidates_and_its_apart_model_give_autograds_grad
 
 
 @pytest.mark.slow
-def test_pointwise_grad_speed_prints_every_shape_and_the_whole_step():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pointwise_grad_speed_prints_every_shape_and_the_whole_step(precision):
     command = [
         sys.executable, "benchmarks/pointwise_grad_speed.py", "--image-size", "32", "--batch-size", "1",
-        "--threads", "1", "--warmup", "0", "--repeats", "1",
+        "--threads", "1", "--warmup", "0", "--repeats", "1", "--precision", precision,
     ]  # fmt: skip
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = re.findall(r"^(f|h|proj|fc1|fc2) \d+->\d+ @\d+x\d+ +[\d.]+ +[\d.]+ +[\d.]+$", run.stdout, re.MULTILINE)
     assert rows == ["f", "h", "proj", "fc1", "fc2"] * 4
     assert re.search(r"one_call 1.00x, apart [\d.]+x, mkl [\d.]+x of one_call's speed", run.stdout)
+    apart = r"backward apart \d+ ms, [\d.]+x; " if precision == "fp32" else ""  # fp32 only: no autocast casts
     assert re.search(
-        r"60 1x1 convolutions: \d+ ms on PyTorch's convolution; backward apart \d+ ms, [\d.]+x; "
-        r"autotuned \(the model\) \d+ ms, [\d.]+x",
+        rf"{precision} train step of focalnet_tiny_srf, 60 1x1 convolutions: \d+ ms on PyTorch's convolution; "
+        rf"{apart}autotuned \(the model\) \d+ ms, [\d.]+x$",
         run.stdout,
+        re.MULTILINE,
     )
 
 
