@@ -93,21 +93,18 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def choose(key: tuple, candidates: dict[str, Callable[[], object]]) -> str:
-    """The library for ``key``: the recorded choice, else (timing on) the faster of ``candidates`` (each run once
-    to warm up, then twice in turn, best of two), else oneDNN."""
-    choice = choices.get(key)
-    if choice is None:
-        if autotune_enabled():
-            best = dict.fromkeys(candidates, float("inf"))
-            for round_ in range(1 + TIMED_ROUNDS):  # round 0 warms up (weight reorders, first-touch pages), not counted
-                for name, fn in candidates.items():
-                    seconds = _timed(fn)
-                    if round_:
-                        best[name] = min(best[name], seconds)
-            choice = "mkl" if best["mkl"] < MARGIN * best["onednn"] else "onednn"
-        else:
-            choice = "onednn"
-        choices[key] = choice
+    """Records and returns the library for ``key``: (timing on) the faster of ``candidates``, each run once to warm
+    up, then ``TIMED_ROUNDS`` times in turn, best run counted; else oneDNN."""
+    choice = "onednn"
+    if autotune_enabled():
+        best = dict.fromkeys(candidates, float("inf"))
+        for round_ in range(1 + TIMED_ROUNDS):  # round 0 warms up (weight reorders, first-touch pages), not counted
+            for name, fn in candidates.items():
+                seconds = _timed(fn)
+                if round_:
+                    best[name] = min(best[name], seconds)
+        choice = "mkl" if best["mkl"] < MARGIN * best["onednn"] else "onednn"
+    choices[key] = choice
     return choice
 
 
@@ -118,7 +115,10 @@ def _key(kind: str, x: torch.Tensor, weight: torch.Tensor) -> tuple:
 
 def _run(kind: str, x: torch.Tensor, weight: torch.Tensor, *args) -> object:  # noqa: ANN002
     fns = dict(zip(LIBRARIES, _PASSES[kind]))
-    choice = choose(_key(kind, x, weight), {name: (lambda fn=fn: fn(*args)) for name, fn in fns.items()})
+    key = _key(kind, x, weight)
+    choice = choices.get(key)
+    if choice is None:  # the candidates are built only for a key's first call
+        choice = choose(key, {name: (lambda fn=fn: fn(*args)) for name, fn in fns.items()})
     return fns[choice](*args)
 
 
