@@ -15,7 +15,7 @@ gradients. Candidates, each checked against it before timing:
 Per shape: the median milliseconds of each (models' shapes at ``--batch-size`` and ``--image-size``), then the sum
 over the network (each shape times its number of blocks). Last, whole train steps of our FocalNet-T, timed in turn
 (what a candidate saves alone need not survive inside the step): the model as it is (each 1×1 layer's forward and
-backward on the library its first call timed faster, ``focalbench.models.pointwise``), the same weights on
+backward on the library its first calls timed faster, ``focalbench.models.pointwise``), the same weights on
 PyTorch's own convolution (oneDNN throughout), and every 1×1 backward taken ``apart`` (a drop-in autograd function
 here).
 """

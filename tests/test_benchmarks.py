@@ -287,7 +287,11 @@ def test_step_breakdown_counts_the_1x1_products_of_each_pass(monkeypatch):
 
     from focalbench.models import pointwise
 
-    monkeypatch.setattr(pointwise, "choose", lambda key, candidates: "mkl")  # the 1x1 layer as MKL products
+    class AlwaysMkl(dict):
+        def get(self, key, default=None):
+            return "mkl"
+
+    monkeypatch.setattr(pointwise, "choices", AlwaysMkl())  # the 1x1 layer as MKL products
     conv = pointwise.PointwiseConv2d(4, 6)
     x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
     timer = KindTimer()

@@ -2,7 +2,7 @@
 
 Tensors are NCHW in ``channels_last`` memory from the stem on: the per-token projections (``f``, ``h``, ``proj``,
 the MLP) are 1×1 convolutions, whose (N·H·W, C) view is then a plain matrix, so that each training pass runs on
-oneDNN's convolution or MKL's product, whichever its first call timed faster (``focalbench.models.pointwise``); the
+oneDNN's convolution or MKL's product, whichever its first calls timed faster (``focalbench.models.pointwise``); the
 depth-wise convolutions read it directly; LayerNorm over C is a permute *view* to NHWC, so no layout copies are
 made anywhere. Parameter names follow the official checkpoints (``patch_embed``, ``layers.i.blocks.j``,
 ``modulation.f/h/proj/focal_layers``, ``layers.i.downsample`` at the end of stage i); projections are stored as

@@ -5,14 +5,16 @@ On a ``channels_last`` map a 1×1 convolution is a matrix product over the (N·H
 same products as ``addmm``/``mm``. Which is faster depends on the shape and the machine: over FocalNet-T's
 shapes MKL's backward was a few per cent slower on one of this project's machine instances and clearly faster on
 another (AMX), most on the deep stages' small maps (``python benchmarks/pointwise_grad_speed.py`` times both per
-shape). So, as ``torch.backends.cudnn.benchmark`` does for CUDA convolutions, the first call of each (pass, C_in,
-C_out, N·H·W rounded up to a power of two, dtype, threads) runs both, times them, and keeps the faster for every
-later call of that key; the power-of-two bucket keeps inputs of varying sizes (detection) from timing every new
-size. The timing runs add to the first step's memory, and MKL's own allocator keeps some buffers cached (the
-README's speed section gives the measured peaks).
+shape). So, as ``torch.backends.cudnn.benchmark`` does for CUDA convolutions, each (pass, C_in, C_out, N·H·W rounded
+up to a power of two, dtype, threads) key is timed on both libraries, then the faster runs every later call of that
+key; the power-of-two bucket keeps inputs of varying sizes (detection) from timing every new size. The timing runs
+are the key's first real calls, the two libraries in turn, each call's result used as it is: no pass is run twice,
+so the timing costs no extra memory or work, only the slower library for a few calls of each key (it decides within
+the first steps of a training; MKL's own allocator keeps some buffers cached, see the README's speed section).
 
-The choice only changes the order of floating-point sums (results agree to rounding). It is off, oneDNN always,
-under ``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic=True``), with
+The choice only changes the order of floating-point sums (results agree to rounding); while a key is being timed
+the libraries alternate, so a pass recomputed then (activation checkpointing) may round differently. It is off,
+oneDNN always, under ``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic=True``), with
 ``FOCALBENCH_AUTOTUNE=0`` in the environment, and after :func:`set_autotune` (False). The inference forward is not
 concerned: without grad the plain convolution runs (and FocalNet blocks take ``focalbench.models.fused``).
 """
@@ -35,10 +37,11 @@ MARGIN = 0.95
 """MKL is kept only when its time is under this fraction of oneDNN's: a near tie keeps PyTorch's own path."""
 
 TIMED_ROUNDS = 2
-"""Timed runs of each candidate (after one untimed); the best of them counts."""
+"""Timed calls of each library per key (after one not counted); the best of them counts."""
 
 choices: dict[tuple, str] = {}
-"""The library chosen per key (``(pass, C_in, C_out, rows' bit length, dtype, threads)``); clear it to re-time."""
+"""The library chosen per key (``(pass, C_in, C_out, rows' bit length, dtype, threads)``); clear it (and
+:data:`trials`) to re-time."""
 
 _enabled = os.environ.get("FOCALBENCH_AUTOTUNE", "1") != "0"
 
@@ -83,29 +86,34 @@ def backward_mkl(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: l
     return grad_x, grad_w, grad_b
 
 
-_PASSES = {"forward": (forward_onednn, forward_mkl), "backward": (backward_onednn, backward_mkl)}
+_PASSES = {
+    "forward": {"onednn": forward_onednn, "mkl": forward_mkl},
+    "backward": {"onednn": backward_onednn, "mkl": backward_mkl},
+}
+
+trials: dict[tuple, dict[str, list[float]]] = {}
+"""The seconds each library took on a key's calls so far, for the keys not chosen yet."""
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _timed(fn: Callable[..., object], *args) -> tuple[object, float]:  # noqa: ANN002
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    result = fn(*args)
+    return result, time.perf_counter() - start
 
 
-def choose(key: tuple, candidates: dict[str, Callable[[], object]]) -> str:
-    """Records and returns the library for ``key``: (timing on) the faster of ``candidates``, each run once to warm
-    up, then ``TIMED_ROUNDS`` times in turn, best run counted; else oneDNN."""
-    choice = "onednn"
-    if autotune_enabled():
-        best = dict.fromkeys(candidates, float("inf"))
-        for round_ in range(1 + TIMED_ROUNDS):  # round 0 warms up (weight reorders, first-touch pages), not counted
-            for name, fn in candidates.items():
-                seconds = _timed(fn)
-                if round_:
-                    best[name] = min(best[name], seconds)
-        choice = "mkl" if best["mkl"] < MARGIN * best["onednn"] else "onednn"
-    choices[key] = choice
-    return choice
+def _trial(key: tuple, fns: dict[str, Callable[..., object]], args: tuple) -> object:
+    """Runs ``args`` on the library with fewer timed calls of ``key`` (oneDNN first) and returns its result; once
+    each library has run ``1 + TIMED_ROUNDS`` times (the first warms up: weight reorders, first-touch pages), records
+    the faster by its best call in :data:`choices`."""
+    seconds = trials.setdefault(key, {name: [] for name in LIBRARIES})
+    library = min(LIBRARIES, key=lambda name: len(seconds[name]))
+    result, elapsed = _timed(fns[library], *args)
+    seconds[library].append(elapsed)
+    if all(len(runs) > TIMED_ROUNDS for runs in seconds.values()):
+        best = {name: min(runs[1:]) for name, runs in seconds.items()}
+        choices[key] = "mkl" if best["mkl"] < MARGIN * best["onednn"] else "onednn"
+        del trials[key]
+    return result
 
 
 def _key(kind: str, x: torch.Tensor, weight: torch.Tensor) -> tuple:
@@ -114,16 +122,18 @@ def _key(kind: str, x: torch.Tensor, weight: torch.Tensor) -> tuple:
 
 
 def _run(kind: str, x: torch.Tensor, weight: torch.Tensor, *args) -> object:  # noqa: ANN002
-    fns = dict(zip(LIBRARIES, _PASSES[kind]))
+    fns = _PASSES[kind]
     key = _key(kind, x, weight)
     choice = choices.get(key)
-    if choice is None:  # the candidates are built only for a key's first call
-        choice = choose(key, {name: (lambda fn=fn: fn(*args)) for name, fn in fns.items()})
+    if choice is None:
+        if autotune_enabled():
+            return _trial(key, fns, args)
+        choice = choices[key] = "onednn"
     return fns[choice](*args)
 
 
 class _Pointwise(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias)`` (1×1) with each pass on the library :func:`choose` picks for its shape."""
+    """``F.conv2d(x, weight, bias)`` (1×1) with each pass on the library timed faster for its shape (:func:`_trial`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: ANN001

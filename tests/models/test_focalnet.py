@@ -12,7 +12,7 @@ import torch
 from timm.models import group_parameters
 from timm.optim import param_groups_layer_decay
 
-from focalbench.models import VARIANTS, FocalNet, create_model, get_variant, list_variants, load_into
+from focalbench.models import VARIANTS, FocalNet, create_model, get_variant, list_variants, load_into, pointwise
 from focalbench.models.checkpoints import to_focalbench
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,7 +140,6 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     model = create_model("focalnet_tiny_srf", num_classes=3, embed_dim=8, depths=(1, 1, 2, 1)).train()
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     calls = []
-    model.layers[2].blocks[0].modulation.register_forward_hook(lambda *_: calls.append(1))
 
     def step(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.set_grad_checkpointing(checkpointing)
@@ -150,6 +149,13 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
+    pointwise.trials.clear()  # other tests' unfinished timings
+    for _ in range(8):  # until the 1×1 layers' timing calls are over: a recompute on the other library would round
+        step(False)  # differently, so bit-equality holds from then on (pointwise's docstring)
+        if not pointwise.trials:
+            break
+    assert not pointwise.trials
+    model.layers[2].blocks[0].modulation.register_forward_hook(lambda *_: calls.append(1))
     loss, grads = step(False)
     assert len(calls) == 1
     loss_ckpt, grads_ckpt = step(True)

@@ -19,14 +19,27 @@ from focalbench.models.pointwise import PointwiseConv2d, pointwise_conv2d
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
     monkeypatch.setattr(pointwise, "choices", {})
+    monkeypatch.setattr(pointwise, "trials", {})
     monkeypatch.setattr(pointwise, "_enabled", True)
+
+
+class _Forced(dict):
+    """Choices that answer ``library`` for every key, recording the keys asked for."""
+
+    def __init__(self, library: str) -> None:
+        super().__init__()
+        self.library, self.keys = library, []
+
+    def get(self, key, default=None):
+        self.keys.append(key)
+        return self.library
 
 
 def _force(monkeypatch, library: str) -> list[tuple]:
     """Every pass on ``library``; returns the list of the keys asked for."""
-    keys = []
-    monkeypatch.setattr(pointwise, "choose", lambda key, candidates: keys.append(key) or library)
-    return keys
+    forced = _Forced(library)
+    monkeypatch.setattr(pointwise, "choices", forced)
+    return forced.keys
 
 
 def _operands(dtype=torch.float32, c_in=5, c_out=7, bias=True):
@@ -102,7 +115,7 @@ def _slowed(fn, seconds: float = 0.02):
 
 
 @pytest.mark.parametrize("slow_library", pointwise.LIBRARIES)
-def test_timing_keeps_the_faster_library_per_key(monkeypatch, slow_library):
+def test_timing_runs_the_real_calls_and_keeps_the_faster_library_per_key(monkeypatch, slow_library):
     calls = {name: 0 for name in pointwise.LIBRARIES}
 
     def counted(name, fn):
@@ -113,27 +126,34 @@ def test_timing_keeps_the_faster_library_per_key(monkeypatch, slow_library):
         return run
 
     for kind, fns in pointwise._PASSES.items():
-        wrapped = tuple(
-            counted(name, _slowed(fn) if name == slow_library else fn) for name, fn in zip(pointwise.LIBRARIES, fns)
-        )
+        wrapped = {name: counted(name, _slowed(fn) if name == slow_library else fn) for name, fn in fns.items()}
         monkeypatch.setitem(pointwise._PASSES, kind, wrapped)
-    x, w, b = (t.requires_grad_() for t in _operands())
-    pointwise_conv2d(x, w, b).sum().backward()
     faster = next(name for name in pointwise.LIBRARIES if name != slow_library)
+    x, w, b = (t.requires_grad_() for t in _operands())
+    g = torch.randn(2, 7, 3, 4).contiguous(memory_format=torch.channels_last)
+    expected = (F.conv2d(x, w, b), *torch.autograd.grad(F.conv2d(x, w, b), (x, w, b), g))
+    rounds = 1 + pointwise.TIMED_ROUNDS
+    for call in range(2 * rounds):  # the libraries take turns on the key's first calls, oneDNN first
+        out = pointwise_conv2d(x, w, b)
+        got = (out, *torch.autograd.grad(out, (x, w, b), g))
+        for a, e in zip(got, expected):  # each timed call's own result is the pass's result
+            torch.testing.assert_close(a, e)
+        timed_calls = {"onednn": call // 2 + 1, "mkl": (call + 1) // 2}
+        assert calls == {name: 2 * n for name, n in timed_calls.items()}  # no pass runs twice: forward + backward
     assert sorted(pointwise.choices.values()) == [faster, faster]  # one forward key, one backward key
-    assert {key[0] for key in pointwise.choices} == {"forward", "backward"}
-    # timed: 3 rounds each pass (1 warm-up + 2), then the chosen one runs
-    assert calls[slow_library] == 2 * 3 and calls[faster] == 2 * 4
+    assert {key[0] for key in pointwise.choices} == {"forward", "backward"} and pointwise.trials == {}
+    pointwise_conv2d(x, w, b).sum().backward()
+    assert calls[slow_library] == 2 * rounds and calls[faster] == 2 * (rounds + 1)
     # a map of 2·3·5 = 30 rows is in the same power-of-two bucket as 24: no new timing, the faster runs
     x2 = torch.randn(2, 5, 3, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     pointwise_conv2d(x2, w, b).sum().backward()
     assert len(pointwise.choices) == 2
-    assert calls[slow_library] == 2 * 3 and calls[faster] == 2 * 5
+    assert calls[slow_library] == 2 * rounds and calls[faster] == 2 * (rounds + 2)
 
 
 def test_no_timing_under_deterministic_algorithms_or_when_turned_off(monkeypatch):
     timed = []
-    monkeypatch.setattr(pointwise, "_timed", lambda fn: timed.append(fn) or 0.0)
+    monkeypatch.setattr(pointwise, "_timed", lambda fn, *args: timed.append(fn) or (fn(*args), 0.0))
     x, w, b = (t.requires_grad_() for t in _operands())
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -146,6 +166,10 @@ def test_no_timing_under_deterministic_algorithms_or_when_turned_off(monkeypatch
     pointwise.set_autotune(False)
     pointwise_conv2d(x, w, b).sum().backward()
     assert timed == [] and set(pointwise.choices.values()) == {"onednn"}
+    pointwise.choices.clear()
+    pointwise.set_autotune(True)
+    pointwise_conv2d(x, w, b).sum().backward()
+    assert len(timed) == 2 and pointwise.choices == {}  # on: the first forward and backward are timed calls
 
 
 @pytest.mark.parametrize("library", pointwise.LIBRARIES)
