@@ -38,8 +38,6 @@ then those of the computation alone. The header names the setting (also ``MALLOC
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import multiprocessing
 import os
@@ -53,6 +51,7 @@ from contextlib import nullcontext
 import timm
 import torch
 
+from focalbench.memory import retain_freed_memory
 from focalbench.models import create_model
 from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
@@ -122,19 +121,6 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-
-
-def retain_freed_memory() -> None:
-    """``--malloc retain``: glibc keeps freed memory for reuse (no ``mmap`` per large block, no trimming of the
-    heap), as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment would. By default glibc
-    serves each block over 32 MB with a fresh ``mmap`` and returns the top of the heap once 2x the largest freed
-    block is free there, so every step faults its large activations in again, page by page."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
-        raise SystemExit("--malloc retain: mallopt failed (glibc's malloc is needed)")
-
-
 def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: int, clock: bool = True) -> None:
     """The options every benchmark times with: device, threads, untimed and timed runs, the clock (unless the
     script needs the wall clock) and what the allocator does with freed memory."""
@@ -153,8 +139,8 @@ def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: 
 
 def apply_malloc_setting(args) -> None:
     """``--malloc``: what this process (or a spawned one measuring it) does with freed memory."""
-    if args.malloc == "retain":
-        retain_freed_memory()
+    if args.malloc == "retain" and not retain_freed_memory():  # as the CLI's CPU runs do
+        raise SystemExit("--malloc retain: mallopt failed (glibc's malloc is needed)")
 
 
 def malloc_setting(args) -> str:

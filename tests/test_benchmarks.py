@@ -59,34 +59,6 @@ def test_dense_speed_trains_against_timms_focalnet_at_window_9():
     assert "the speed of timm:focalnet_tiny_srf (load" in run.stdout
 
 
-FAULT_COUNT = """
-import sys, torch
-sys.path.insert(0, "benchmarks")
-from backbone_speed import minor_faults, retain_freed_memory
-if sys.argv[1] == "retain":
-    retain_freed_memory()
-for _ in range(3):  # 64 MB, freed at once; three rounds let the heap reach its high-water mark
-    torch.ones(2**24)
-before = minor_faults()
-for _ in range(3):  # again: 3 x 16384 fresh 4 KiB pages, unless the freed block is reused
-    torch.ones(2**24)
-print(minor_faults() - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
-def test_malloc_retain_reuses_freed_blocks_where_glibc_faults_them_in_again():
-    def faults(setting: str) -> int:
-        run = subprocess.run(
-            [sys.executable, "-c", FAULT_COUNT, setting], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
-        assert run.returncode == 0, run.stderr
-        return int(run.stdout.split()[-1])
-
-    assert faults("default") > 45_000  # glibc mmaps a block over 32 MB afresh, page by page
-    assert faults("retain") < 500
-
-
 PEAK_FAULTS = """
 import sys, torch
 sys.path.insert(0, "benchmarks")

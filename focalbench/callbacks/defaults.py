@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from focalbench.callbacks.learning_rate import BaseLearningRate
+from focalbench.callbacks.memory import RetainFreedMemory
 from focalbench.callbacks.summary import RunSummary
 from focalbench.callbacks.tensorboard import HyperparametersWithMetric
 
@@ -20,7 +21,8 @@ def add_default_callbacks(trainer: Trainer, task: LightningModule) -> None:
     """Add to ``trainer`` what the user did not configure a callback of the same type for: the best checkpoint by
     ``task.monitor`` (maximised) named ``task.checkpoint_filename`` + ``last.ckpt``, the base lr as one curve
     (``lr``), the hyperparameters with the monitored metric in TensorBoard, the summary printed at the end of a run,
-    and the task's prediction writer.
+    freed memory kept for reuse on CPU runs (:class:`~focalbench.callbacks.memory.RetainFreedMemory`) and the
+    task's prediction writer.
 
     Lightning's own ``ModelCheckpoint()`` (there when checkpointing is on and none is configured) does not count as
     configured: ours replaces it; with ``trainer.enable_checkpointing: false`` it is absent and ours is not added.
@@ -28,7 +30,7 @@ def add_default_callbacks(trainer: Trainer, task: LightningModule) -> None:
     present = list(trainer.callbacks)
     configured = [cb for cb in present if not _lightning_default(cb)]
     checkpointing = any(_lightning_default(cb) for cb in present)
-    candidates: list[Callback] = [BaseLearningRate(), HyperparametersWithMetric(), RunSummary()]
+    candidates: list[Callback] = [BaseLearningRate(), HyperparametersWithMetric(), RunSummary(), RetainFreedMemory()]
     if checkpointing:
         candidates.insert(
             0,
