@@ -54,7 +54,7 @@ def test_retained_memory_is_reused_where_glibc_faults_it_in_again():
     assert faults < 500
 
 
-# A one-step CPU fit with the callback (argv[1]: enabled), then test_memory's fault count in the same process.
+# A one-step CPU fit with the callback (argv[1]: enabled), then COUNT in the same process.
 FIT_THEN_COUNT = (
     """
 import resource, sys, torch

@@ -296,9 +296,13 @@ class _FocalNetTrunk(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (activation checkpointing): less memory, ~1/3 more time."""
+        """Recompute each block in the backward pass (activation checkpointing): less memory, ~1/3 more time. The
+        1×1 layers then keep to oneDNN (:class:`~focalbench.models.pointwise.PointwiseConv2d`'s ``autotune``)."""
         for stage in self.layers:
             stage.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, PointwiseConv2d):
+                module.autotune = not enable
 
     def set_fused_inference(self, enable: bool = True) -> None:
         """Use oneDNN post-op fusion for no-grad CPU forwards (``focalbench.models.fused``); on by default."""

@@ -13,8 +13,9 @@ so the timing costs no extra memory or work, only the slower library for a few c
 the first steps of a training; MKL's own allocator keeps some buffers cached, see the README's speed section).
 
 The choice only changes the order of floating-point sums (results agree to rounding); while a key is being timed
-the libraries alternate, so a pass recomputed then (activation checkpointing) may round differently. It is off,
-oneDNN always, under ``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic=True``), with
+the libraries alternate, so a pass recomputed then may round differently (FocalNet's activation checkpointing
+keeps its 1×1 layers on PyTorch's convolution: :class:`PointwiseConv2d`'s ``autotune``). It is off, oneDNN always,
+under ``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic=True``), with
 ``FOCALBENCH_AUTOTUNE=0`` in the environment, and after :func:`set_autotune` (False). The inference forward is not
 concerned: without grad the plain convolution runs (and FocalNet blocks take ``focalbench.models.fused``).
 """
@@ -175,12 +176,19 @@ def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 class PointwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 1)`` (the same parameters and state dict) whose training passes go
-    through :func:`pointwise_conv2d`."""
+    through :func:`pointwise_conv2d`; with ``autotune`` False, PyTorch's own convolution (oneDNN) throughout.
+
+    FocalNet turns ``autotune`` off under activation checkpointing: MKL's cached buffers then land on the step's
+    peak, which checkpointing is there to lower (the README's speed section gives the measured peaks).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias)
+        self.autotune = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.autotune:
+            return F.conv2d(x, self.weight, self.bias)
         return pointwise_conv2d(x, self.weight, self.bias)
 
 

@@ -135,7 +135,7 @@ def to_key(timm_key: str) -> str:
     return next(iter(to_focalbench({timm_key: torch.zeros(1)}, layout="timm")))
 
 
-def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+def test_grad_checkpointing_gives_the_same_loss_and_gradients(monkeypatch):
     torch.manual_seed(0)
     model = create_model("focalnet_tiny_srf", num_classes=3, embed_dim=8, depths=(1, 1, 2, 1)).train()
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
@@ -149,12 +149,9 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
-    pointwise.trials.clear()  # other tests' unfinished timings
-    for _ in range(8):  # until the 1×1 layers' timing calls are over: a recompute on the other library would round
-        step(False)  # differently, so bit-equality holds from then on (pointwise's docstring)
-        if not pointwise.trials:
-            break
-    assert not pointwise.trials
+    # PyTorch's convolution for the 1×1 layers in both runs (checkpointing keeps them on it): the same rounding
+    monkeypatch.setattr(pointwise, "_enabled", False)
+    monkeypatch.setattr(pointwise, "choices", {})
     model.layers[2].blocks[0].modulation.register_forward_hook(lambda *_: calls.append(1))
     loss, grads = step(False)
     assert len(calls) == 1

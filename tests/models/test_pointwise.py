@@ -194,3 +194,18 @@ def test_focalnet_trains_the_same_on_either_library(monkeypatch, library):
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
     assert model.layers[0].blocks[0].mlp.fc1.weight.shape == (64, 16, 1, 1)  # the state dict's 1×1 kernels
+
+
+def test_checkpointing_keeps_the_1x1_layers_on_pytorchs_convolution(monkeypatch):
+    """Under activation checkpointing MKL's cached buffers would land on the lowered peak: no layer asks for a
+    library then, and every one does again once checkpointing is off."""
+    keys = _force(monkeypatch, "mkl")
+    torch.manual_seed(0)
+    model = FocalNet(embed_dim=16, depths=(1, 1), focal_levels=(2, 2), num_classes=3, drop_path_rate=0.0)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    model.set_grad_checkpointing(True)
+    F.cross_entropy(model(x), y).backward()
+    assert keys == []
+    model.set_grad_checkpointing(False)
+    F.cross_entropy(model(x), y).backward()
+    assert [key[0] for key in keys] == ["forward"] * 10 + ["backward"] * 10
