@@ -23,3 +23,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _ForcedChoices(dict):
+    """``focalbench.models.pointwise.choices`` that answer ``library`` for every key, recording the keys asked for."""
+
+    def __init__(self, library: str) -> None:
+        super().__init__()
+        self.library, self.keys = library, []
+
+    def get(self, key, default=None):
+        self.keys.append(key)
+        return self.library
+
+
+@pytest.fixture
+def force_pointwise_library(monkeypatch):
+    """``force(library)``: every pass of the autotuned 1×1 layers on ``library`` for the test; returns the list of
+    the keys the layers ask for."""
+    from focalbench.models import pointwise
+
+    def force(library: str) -> list[tuple]:
+        forced = _ForcedChoices(library)
+        monkeypatch.setattr(pointwise, "choices", forced)
+        return forced.keys
+
+    return force

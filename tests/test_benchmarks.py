@@ -252,18 +252,14 @@ def test_backbone_speed_peak_memory_spans_the_asked_number_of_steps(monkeypatch)
     assert len(steps) == 3 and len(sent) == 1 and sent[0] >= 0
 
 
-def test_step_breakdown_counts_the_1x1_products_of_each_pass(monkeypatch):
+def test_step_breakdown_counts_the_1x1_products_of_each_pass(monkeypatch, force_pointwise_library):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch
     from step_breakdown import KindTimer
 
     from focalbench.models import pointwise
 
-    class AlwaysMkl(dict):
-        def get(self, key, default=None):
-            return "mkl"
-
-    monkeypatch.setattr(pointwise, "choices", AlwaysMkl())  # the 1x1 layer as MKL products
+    force_pointwise_library("mkl")  # the 1x1 layer as MKL products
     conv = pointwise.PointwiseConv2d(4, 6)
     x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
     timer = KindTimer()

@@ -23,25 +23,6 @@ def fresh_choices(monkeypatch):
     monkeypatch.setattr(pointwise, "_enabled", True)
 
 
-class _Forced(dict):
-    """Choices that answer ``library`` for every key, recording the keys asked for."""
-
-    def __init__(self, library: str) -> None:
-        super().__init__()
-        self.library, self.keys = library, []
-
-    def get(self, key, default=None):
-        self.keys.append(key)
-        return self.library
-
-
-def _force(monkeypatch, library: str) -> list[tuple]:
-    """Every pass on ``library``; returns the list of the keys asked for."""
-    forced = _Forced(library)
-    monkeypatch.setattr(pointwise, "choices", forced)
-    return forced.keys
-
-
 def _operands(dtype=torch.float32, c_in=5, c_out=7, bias=True):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, c_in, 3, 4, dtype=dtype, generator=generator).contiguous(memory_format=torch.channels_last)
@@ -52,8 +33,8 @@ def _operands(dtype=torch.float32, c_in=5, c_out=7, bias=True):
 
 @pytest.mark.parametrize("library", pointwise.LIBRARIES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_each_library_passes_gradcheck(monkeypatch, library, bias):
-    _force(monkeypatch, library)
+def test_each_library_passes_gradcheck(force_pointwise_library, library, bias):
+    force_pointwise_library(library)
     operands = [t.requires_grad_() if t is not None else None for t in _operands(torch.float64, bias=bias)]
     assert pointwise_conv2d(*operands).grad_fn.name() == "_PointwiseBackward"
     assert torch.autograd.gradcheck(pointwise_conv2d, tuple(operands))
@@ -61,8 +42,8 @@ def test_each_library_passes_gradcheck(monkeypatch, library, bias):
 
 @pytest.mark.parametrize("library", pointwise.LIBRARIES)
 @pytest.mark.parametrize("wanted", ["all", "weights only", "input only"])
-def test_each_library_equals_autograds_convolution(monkeypatch, library, wanted):
-    _force(monkeypatch, library)
+def test_each_library_equals_autograds_convolution(force_pointwise_library, library, wanted):
+    force_pointwise_library(library)
     x, w, b = _operands()
     x.requires_grad_(wanted != "weights only")
     w.requires_grad_(wanted != "input only")
@@ -82,8 +63,8 @@ def test_each_library_equals_autograds_convolution(monkeypatch, library, wanted)
 
 
 @pytest.mark.parametrize("library", pointwise.LIBRARIES)
-def test_bf16_autocast_casts_as_autocast_does_for_conv2d(monkeypatch, library):
-    _force(monkeypatch, library)
+def test_bf16_autocast_casts_as_autocast_does_for_conv2d(force_pointwise_library, library):
+    force_pointwise_library(library)
     x, w, b = (t.requires_grad_() for t in _operands(c_in=16, c_out=32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = pointwise_conv2d(x, w, b)
@@ -173,8 +154,8 @@ def test_no_timing_under_deterministic_algorithms_or_when_turned_off(monkeypatch
 
 
 @pytest.mark.parametrize("library", pointwise.LIBRARIES)
-def test_focalnet_trains_the_same_on_either_library(monkeypatch, library):
-    keys = _force(monkeypatch, library)
+def test_focalnet_trains_the_same_on_either_library(force_pointwise_library, library):
+    keys = force_pointwise_library(library)
     torch.manual_seed(0)
     model = FocalNet(
         embed_dim=16, depths=(1, 1), focal_levels=(2, 2), num_classes=3, layerscale_value=1e-1, drop_path_rate=0.0
@@ -196,10 +177,10 @@ def test_focalnet_trains_the_same_on_either_library(monkeypatch, library):
     assert model.layers[0].blocks[0].mlp.fc1.weight.shape == (64, 16, 1, 1)  # the state dict's 1×1 kernels
 
 
-def test_checkpointing_keeps_the_1x1_layers_on_pytorchs_convolution(monkeypatch):
+def test_checkpointing_keeps_the_1x1_layers_on_pytorchs_convolution(force_pointwise_library):
     """Under activation checkpointing MKL's cached buffers would land on the lowered peak: no layer asks for a
     library then, and every one does again once checkpointing is off."""
-    keys = _force(monkeypatch, "mkl")
+    keys = force_pointwise_library("mkl")
     torch.manual_seed(0)
     model = FocalNet(embed_dim=16, depths=(1, 1), focal_levels=(2, 2), num_classes=3, drop_path_rate=0.0)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
