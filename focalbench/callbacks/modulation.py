@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from focalbench.callbacks.tensorboard import displayable, grid, image_normalization, log_figure
-from focalbench.models.focalnet import FocalModulation, FocalNetBlock, _FocalNetTrunk
+from focalbench.models.focalnet import _FocalNetTrunk
+from focalbench.models.focalnet_block import FocalModulation, FocalNetBlock
 
 
 def last_modulation(module: torch.nn.Module) -> tuple[torch.nn.Module, FocalModulation] | tuple[None, None]:

@@ -11,7 +11,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from focalbench.models.focalnet import FocalNetBlock
+from focalbench.models.focalnet_block import FocalNetBlock
 
 
 class ExportError(ValueError):

@@ -2,7 +2,8 @@
 
 from focalbench.models.checkpoints import CheckpointError, load_into, save_safetensors
 from focalbench.models.factory import TimmBackbone, build_backbone, create_model
-from focalbench.models.focalnet import FocalModulation, FocalNet, FocalNetBackbone
+from focalbench.models.focalnet import FocalNet, FocalNetBackbone
+from focalbench.models.focalnet_block import FocalModulation
 from focalbench.models.variants import VARIANTS, get_variant, list_variants
 
 __all__ = [

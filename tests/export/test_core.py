@@ -8,7 +8,7 @@ import torch
 from focalbench.export import ExportError
 from focalbench.export.core import check_close, plain_inference
 from focalbench.models import create_model
-from focalbench.models.focalnet import FocalNetBlock
+from focalbench.models.focalnet_block import FocalNetBlock
 
 
 def test_plain_inference_turns_the_fused_path_off_and_restores_it():
