@@ -27,8 +27,11 @@ pass of one training forward (exact, counted over distinct storages; the dominan
 of training memory; under ``--grad-checkpointing`` it leaves out the block inputs that checkpointing keeps itself);
 ``peak MB`` is the whole memory a train step adds: on CUDA the allocator's peak, on CPU the rise of the resident
 size over a first step in a fresh process (weights' gradients and AdamW state included; ``--peak-steps N``: over
-the first N steps, where later steps' fragmentation of the heap and libraries' cached buffers show). Both memory columns
-are taken on the eager model, also under ``--compile``. ``faults fwd/train``: minor page faults per forward / train
+the first N steps, where later steps' fragmentation of the heap and libraries' cached buffers show). Our 1×1 layers'
+library choices are kept on disk (``focalbench.models.autotune_cache``), so those fresh processes take the choices
+the speed runs made, as a user's later runs do; ``FOCALBENCH_AUTOTUNE_CACHE=0`` has each process time them again, as
+a first run does (the header says which). Both memory columns are taken on the eager model, also under
+``--compile``. ``faults fwd/train``: minor page faults per forward / train
 step (each a fresh 4 KiB page from the kernel). With glibc's default malloc a step faults its large activations in
 anew (blocks over 32 MB are mmap-ed per call, the heap's top is returned when mostly free), which costs the models
 unequally; ``--malloc retain`` keeps freed memory in the process, as jemalloc or tcmalloc would, and the ratios are
@@ -52,7 +55,7 @@ import timm
 import torch
 
 from focalbench.memory import retain_freed_memory
-from focalbench.models import create_model
+from focalbench.models import autotune_cache, create_model, pointwise
 from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 PAIRS = {"focalnet_tiny_srf": "timm:focalnet_tiny_srf", "focalnet_tiny_lrf": "timm:focalnet_tiny_lrf"}
@@ -149,6 +152,16 @@ def malloc_setting(args) -> str:
         return "malloc retain (no mmap, no trim)"
     env = [f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_") and k.endswith("_")]
     return "malloc " + (" ".join(env) if env else "glibc default")
+
+
+def autotune_setting() -> str:
+    """Where our 1×1 layers' library choices come from in a fresh process, for the header."""
+    if not pointwise.autotune_enabled():
+        return "1x1 autotuning off"
+    path = autotune_cache.cache_path()
+    if path is None:
+        return "1x1 choices timed in every process (FOCALBENCH_AUTOTUNE_CACHE=0)"
+    return f"1x1 choices kept in {path}"
 
 
 def load_average() -> str:
@@ -371,7 +384,8 @@ def main() -> None:
         f"grad_checkpointing={args.grad_checkpointing}; "
         f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats}; {args.clock} clock; "
         f"matmul peak {', '.join(f'{p} {rate:.0f}' for p, rate in peaks.items())} GFLOP/s (measured now); "
-        f"{malloc_setting(args)}; peak MB over {args.peak_steps} step(s); {start_load} at the start"
+        f"{malloc_setting(args)}; peak MB over {args.peak_steps} step(s); {autotune_setting()}; "
+        f"{start_load} at the start"
     )
     results = measure(args.models, args)
     for name, result in results.items():

@@ -13,6 +13,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The embedded demo data is generated once per machine into a temporary cache, never into ~/.cache.
 os.environ.setdefault("FOCALBENCH_CACHE", os.path.join(tempfile.gettempdir(), "focalbench-test-cache"))
+# The 1×1 layers time their libraries afresh in every test: no choices kept on disk from an earlier test or run.
+os.environ.setdefault("FOCALBENCH_AUTOTUNE_CACHE", "0")
+
+
+@pytest.fixture(autouse=True)
+def restore_deterministic_algorithms():
+    """Lightning's ``deterministic=True`` turns ``torch.use_deterministic_algorithms`` on for the process and leaves
+    it on; a test that trains with it must not change what later tests run (e.g. the 1×1 layers' autotuning)."""
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @pytest.fixture

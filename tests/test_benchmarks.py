@@ -295,3 +295,18 @@ def test_step_breakdown_counts_a_fused_convolution_by_its_input_in_place_or_not(
     flop = 2 * 2 * 8 * 8 * 4 * 6  # 2 x N x H x W x C_in x C_out, whichever argument holds the output
     assert conv_kind("mkldnn._convolution_pointwise.binary", (x, out, weight)) == ("1x1 conv forward", flop)
     assert conv_kind("mkldnn._convolution_pointwise_.binary", (out, x, weight)) == ("1x1 conv forward", flop)
+
+
+def test_backbone_speed_header_says_where_our_1x1_choices_come_from(monkeypatch, tmp_path):
+    """The fresh peak-memory processes take the stored choices, as a later run does, unless the cache is off."""
+    from backbone_speed import autotune_setting
+
+    from focalbench.models import pointwise
+
+    monkeypatch.setattr(pointwise, "_enabled", True)
+    monkeypatch.setenv("FOCALBENCH_AUTOTUNE_CACHE", str(tmp_path / "choices.json"))
+    assert autotune_setting() == f"1x1 choices kept in {tmp_path / 'choices.json'}"
+    monkeypatch.setenv("FOCALBENCH_AUTOTUNE_CACHE", "0")
+    assert autotune_setting() == "1x1 choices timed in every process (FOCALBENCH_AUTOTUNE_CACHE=0)"
+    monkeypatch.setattr(pointwise, "_enabled", False)
+    assert autotune_setting() == "1x1 autotuning off"

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from focalbench.atomic import atomic_path
 from focalbench.errors import FocalbenchError
 
 log = logging.getLogger(__name__)
@@ -344,14 +344,7 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "layout": "focalbench", **(metadata or {})})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as temporary:
+        save_file(state, temporary, metadata={"format": "pt", "layout": "focalbench", **(metadata or {})})
     return path

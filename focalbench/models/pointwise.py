@@ -9,8 +9,10 @@ shape). So, as ``torch.backends.cudnn.benchmark`` does for CUDA convolutions, ea
 up to a power of two, dtype, threads) key is timed on both libraries, then the faster runs every later call of that
 key; the power-of-two bucket keeps inputs of varying sizes (detection) from timing every new size. The timing runs
 are the key's first real calls, the two libraries in turn, each call's result used as it is: no pass is run twice,
-so the timing costs no extra memory or work, only the slower library for a few calls of each key (it decides within
-the first steps of a training; MKL's own allocator keeps some buffers cached, see the README's speed section).
+so the timing costs no extra work, only the slower library for a few calls of each key (it decides within the first
+steps of a training). Each library keeps buffers for the shapes it has run, so a key timed on both holds both for the
+rest of the process: the choices are therefore written to disk per machine (:mod:`focalbench.models.autotune_cache`)
+and a later run takes them without timing (the README's memory paragraph gives the measured peaks).
 
 The choice only changes the order of floating-point sums (results agree to rounding); while a key is being timed
 the libraries alternate, so a pass recomputed then may round differently (FocalNet's activation checkpointing
@@ -30,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from focalbench.models import autotune_cache
+
 _conv_backward = torch.ops.aten.convolution_backward.default
 _ARGS = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, transposed, output padding, groups
 
@@ -42,7 +46,7 @@ TIMED_ROUNDS = 2
 
 choices: dict[tuple, str] = {}
 """The library chosen per key (``(pass, C_in, C_out, rows' bit length, dtype, threads)``); clear it (and
-:data:`trials`) to re-time."""
+:data:`trials`) and delete :func:`~focalbench.models.autotune_cache.cache_path`'s file to re-time."""
 
 _enabled = os.environ.get("FOCALBENCH_AUTOTUNE", "1") != "0"
 
@@ -114,6 +118,7 @@ def _trial(key: tuple, fns: dict[str, Callable[..., object]], args: tuple) -> ob
         best = {name: min(runs[1:]) for name, runs in seconds.items()}
         choices[key] = "mkl" if best["mkl"] < MARGIN * best["onednn"] else "onednn"
         del trials[key]
+        autotune_cache.store(key, choices[key])
     return result
 
 
@@ -127,9 +132,12 @@ def _run(kind: str, x: torch.Tensor, weight: torch.Tensor, *args) -> object:  # 
     key = _key(kind, x, weight)
     choice = choices.get(key)
     if choice is None:
-        if autotune_enabled():
+        if not autotune_enabled():
+            choice = choices[key] = "onednn"
+        elif (choice := autotune_cache.stored(key, LIBRARIES)) is not None:
+            choices[key] = choice
+        else:
             return _trial(key, fns, args)
-        choice = choices[key] = "onednn"
     return fns[choice](*args)
 
 
