@@ -13,8 +13,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The embedded demo data is generated once per machine into a temporary cache, never into ~/.cache.
 os.environ.setdefault("FOCALBENCH_CACHE", os.path.join(tempfile.gettempdir(), "focalbench-test-cache"))
-# The 1×1 layers time their libraries afresh in every test: no choices kept on disk from an earlier test or run.
-os.environ.setdefault("FOCALBENCH_AUTOTUNE_CACHE", "0")
+# The 1×1 layers time their libraries afresh in every test: no choices kept on disk from an earlier test or run
+# (forced, not a default: a developer's own cache file would make the timing tests depend on it).
+os.environ["FOCALBENCH_AUTOTUNE_CACHE"] = "0"
 
 
 @pytest.fixture(autouse=True)
