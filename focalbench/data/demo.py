@@ -41,6 +41,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from focalbench.user_cache import cache_root
+
 VERSION = "demo-v4"  # v4: larger segmentation shapes; v3: muted backgrounds (BACKGROUND_CHROMA); v2: 4000 cls images
 BACKGROUND_CHROMA = 0.25  # v2 and before: 1.0
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "star", "triangle")  # sorted, as image folders order them
@@ -336,9 +338,7 @@ def ensure_demo(root: str | os.PathLike, **kwargs) -> Path:
 
 def default_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """``CACHE/VERSION`` with CACHE = ``cache_dir``, else ``$FOCALBENCH_CACHE``, else ``~/.cache/focalbench``."""
-    if cache_dir is None:
-        cache_dir = os.environ.get("FOCALBENCH_CACHE") or Path.home() / ".cache" / "focalbench"
-    return Path(cache_dir).expanduser() / VERSION
+    return (cache_root() if cache_dir is None else Path(cache_dir).expanduser()) / VERSION
 
 
 def demo_root(cache_dir: str | os.PathLike | None = None) -> Path:

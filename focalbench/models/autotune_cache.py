@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from focalbench.atomic import atomic_path
+from focalbench.user_cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,7 @@ def cache_path() -> Path | None:
         return None
     if configured:
         return Path(configured).expanduser()
-    root = os.environ.get("FOCALBENCH_CACHE") or Path.home() / ".cache" / "focalbench"
-    return Path(root) / FILENAME
+    return cache_root() / FILENAME
 
 
 @functools.cache
