@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -165,3 +168,24 @@ def test_an_unwritable_location_is_named_once_and_training_goes_on(tmp_path, mon
     assert len(warnings) == 1 and "not written" in warnings[0] and "FOCALBENCH_AUTOTUNE_CACHE" in warnings[0]
     assert len(pointwise.choices) == 16 and pointwise.trials == {}  # 4 shapes a stage (h, proj alike) x 2 passes
     assert blocker.read_text() == ""
+
+
+WRITER = """
+import sys
+from focalbench.models import autotune_cache
+for i in range(200):
+    autotune_cache.store(("forward", int(sys.argv[1]), i, 10, "torch.float32", 2), "onednn")
+"""
+
+
+def test_processes_storing_at_once_leave_a_whole_file(cache_file):
+    """DDP ranks time and store their keys at the same moment: every write replaces the file whole, so at the end
+    it parses and holds the keys of some process's complete final write (keys a race dropped are timed again)."""
+    env = {**os.environ, "FOCALBENCH_AUTOTUNE_CACHE": str(cache_file)}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(rank)], env=env) for rank in (1, 2)]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    stored = json.loads(cache_file.read_text())[autotune_cache.machine()]
+    assert all(value == "onednn" for value in stored.values())
+    last = {autotune_cache.encode(("forward", rank, 199, 10, "torch.float32", 2)) for rank in (1, 2)}
+    assert last & stored.keys()  # the file's final content came from a complete write of one of them
+    assert not [p for p in cache_file.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
