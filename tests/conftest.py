@@ -64,3 +64,30 @@ def force_pointwise_library(monkeypatch):
         return forced.keys
 
     return force
+
+
+@pytest.fixture
+def count_library_calls(monkeypatch):
+    """``count(slow_library=None)``: wraps every pass of the autotuned 1×1 layers' libraries for the test so that
+    each call is counted per library, and ``slow_library``'s calls take 20 ms longer; returns the live counts."""
+    import time
+
+    from focalbench.models import pointwise
+
+    def count(slow_library: str | None = None) -> dict[str, int]:
+        calls = {name: 0 for name in pointwise.LIBRARIES}
+
+        def counted(name, fn):
+            def run(*args):
+                calls[name] += 1
+                if name == slow_library:
+                    time.sleep(0.02)
+                return fn(*args)
+
+            return run
+
+        for kind, fns in pointwise._PASSES.items():
+            monkeypatch.setitem(pointwise._PASSES, kind, {name: counted(name, fn) for name, fn in fns.items()})
+        return calls
+
+    return count

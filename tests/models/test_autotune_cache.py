@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -38,21 +37,10 @@ def new_process(monkeypatch) -> None:
 
 
 @pytest.fixture
-def library_calls(monkeypatch):
+def library_calls(monkeypatch, count_library_calls):
     """Counts each library's passes and how many were timed; MKL is made slow, so oneDNN is the timed choice."""
-    calls = {"onednn": 0, "mkl": 0, "timed": 0}
-
-    def counted(name, fn):
-        def run(*args):
-            calls[name] += 1
-            if name == "mkl":
-                time.sleep(0.01)
-            return fn(*args)
-
-        return run
-
-    for kind, fns in pointwise._PASSES.items():
-        monkeypatch.setitem(pointwise._PASSES, kind, {name: counted(name, fn) for name, fn in fns.items()})
+    calls = count_library_calls("mkl")
+    calls["timed"] = 0
     timed = pointwise._timed
 
     def count_timed(fn, *args):
