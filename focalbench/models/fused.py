@@ -12,7 +12,8 @@ cache. The fused forms used here, all exact (erf GELU, fp32 accumulation):
 * the gated sum ``Σ_l G^l ⊙ Z^l`` accumulated in place with ``addcmul_`` (one pass per level, no temporaries).
 
 These oneDNN ops have no autograd, so the path runs only where no gradient is wanted (``torch.no_grad`` /
-``inference_mode``, eval mode), on CPU, in fp32 or under CPU bf16 autocast. Elsewhere the plain modules run.
+``inference_mode``, eval mode), on CPU, in fp32 or under CPU bf16 autocast (bf16 where oneDNN has bf16 kernels:
+AVX-512 or AVX-NE-CONVERT CPUs, not AVX2-only ones). Elsewhere the plain modules run.
 Every call takes its weight packed once into oneDNN's own layout (:func:`prepared_weight`). Under torch.compile the
 two oneDNN calls are registered custom ops (``focalbench::conv_unary``, ``focalbench::conv1x1_binary``) with fake
 kernels, so inductor keeps them and fuses the rest around them.
@@ -32,11 +33,14 @@ _conv_unary = torch.ops.mkldnn._convolution_pointwise.default
 _conv_binary = torch.ops.mkldnn._convolution_pointwise.binary
 _CL = torch.channels_last
 _MKLDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile cannot trace the call
+# oneDNN's bf16 convolutions need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere (AVX2-only CPUs) they raise
+_MKLDNN_BF16 = _MKLDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
-    """Whether the fused forward applies: CPU tensor, no grad wanted, eval mode, oneDNN present. Under
-    torch.compile too: the oneDNN calls are then the custom ops below, which inductor keeps as they are."""
+    """Whether the fused forward applies: CPU tensor, no grad wanted, eval mode, oneDNN present (for bf16, with
+    its bf16 kernels). Under torch.compile too: the oneDNN calls are then the custom ops below, which inductor keeps
+    as they are."""
     return (
         x.device.type == "cpu"
         and not module.training
@@ -44,6 +48,7 @@ def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
         and not torch.compiler.is_exporting()  # exporters need plain ATen ops
         and _MKLDNN
         and x.dtype in (torch.float32, torch.bfloat16)
+        and (_compute_dtype(x) == torch.float32 or _MKLDNN_BF16)
     )
 
 

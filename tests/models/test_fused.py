@@ -10,6 +10,9 @@ from focalbench.models import VARIANTS, create_model, fused
 TINY = {"embed_dim": 16, "depths": (1, 1, 2, 1)}
 # one variant per combination of flags: plain, LayerScale + post-norm (+ normalize), post-norm in modulation, iso
 FLAG_VARIANTS = ["focalnet_tiny_lrf", "focalnet_large_fl4", "focalnet_huge_fl3", "focalnet_base_iso"]
+needs_onednn_bf16 = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="the fused bf16 path needs oneDNN's bf16 (AVX-512)"
+)
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -44,6 +47,7 @@ def test_fused_equals_plain_fp32(name):
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("name", FLAG_VARIANTS)
 def test_fused_bf16_autocast_stays_within_bf16_error(name):
     model, x = _model(name), torch.randn(2, 3, 64, 64)
@@ -56,6 +60,22 @@ def test_fused_bf16_autocast_stays_within_bf16_error(name):
     # bf16 keeps ~3 significant digits; both bf16 paths sit within 2 % of the logit range of fp32
     assert (plain - reference).abs().max() <= 0.02 * scale
     assert (fused - reference).abs().max() <= 0.02 * scale
+
+
+def test_bf16_on_a_cpu_without_onednn_bf16_runs_the_plain_path(monkeypatch):
+    """oneDNN's bf16 convolutions need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on other CPUs (AVX2-only ones) its
+    fused calls raise, so a bf16 autocast forward there takes the plain modules, while fp32 still fuses."""
+    monkeypatch.setattr(fused, "_MKLDNN_BF16", False)
+    prepares = _count_prepares(monkeypatch)
+    model, x = _model("focalnet_large_fl4"), torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = _plain(model, x)
+        out = model(x)
+    assert prepares[0] == 0
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    with torch.no_grad():
+        model(x)
+    assert prepares[0] > 0
 
 
 def test_training_and_grad_mode_use_the_autograd_path():
@@ -192,7 +212,7 @@ def test_custom_ops_for_torch_compile_pass_opcheck():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_onednn_bf16)])
 def test_compiled_fused_forward_equals_plain_without_graph_breaks(precision, monkeypatch):
     """Under torch.compile the fused path stays (as custom ops inductor keeps), computes the plain function and
     packs each weight once: the compiled calls reuse the packed weights, as the eager ones do."""
