@@ -55,7 +55,7 @@ import timm
 import torch
 
 from focalbench.memory import retain_freed_memory
-from focalbench.models import autotune_cache, create_model, pointwise
+from focalbench.models import autotune_cache, create_model, fused, pointwise
 from focalbench.tasks.optim import default_optimizer  # not .base: that imports Lightning
 
 PAIRS = {"focalnet_tiny_srf": "timm:focalnet_tiny_srf", "focalnet_tiny_lrf": "timm:focalnet_tiny_lrf"}
@@ -179,6 +179,12 @@ def matmul_peak(args, precision: str) -> float:
     preallocated output and a large 1x1 convolution in channels_last (oneDNN), plain and (CPU) accumulating into a
     preallocated output; the ceiling for convolution-bound models. The preallocated outputs take no fresh pages,
     so the peak does not depend on the allocator (see :func:`peak_convolutions`)."""
+    if precision == "bf16" and args.device == "cpu" and not fused.ONEDNN_BF16:
+        # The reference kernels would take many minutes over the peak's sizes alone, and time nothing users run.
+        raise SystemExit(
+            "bf16 on this CPU: it has no bf16 kernels (oneDNN's need AVX-512 or AVX-NE-CONVERT), so bf16 runs on "
+            "reference kernels; measure fp32 here (--precision fp32, no @bf16 models)"
+        )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     rates = []
     for n in (2048, 4096) if args.device == "cpu" else (8192,):

@@ -310,3 +310,17 @@ def test_backbone_speed_header_says_where_our_1x1_choices_come_from(monkeypatch,
     assert autotune_setting() == "1x1 choices timed in every process (FOCALBENCH_AUTOTUNE_CACHE=0)"
     monkeypatch.setattr(pointwise, "_enabled", False)
     assert autotune_setting() == "1x1 autotuning off"
+
+
+def test_matmul_peak_in_bf16_stops_with_one_line_on_a_cpu_without_bf16_kernels(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import argparse
+
+    from backbone_speed import matmul_peak
+
+    from focalbench.models import fused
+
+    monkeypatch.setattr(fused, "ONEDNN_BF16", False)  # an AVX2-only CPU
+    args = argparse.Namespace(device="cpu", clock="wall", warmup=0, repeats=1)
+    with pytest.raises(SystemExit, match=r"^bf16 on this CPU: it has no bf16 kernels .*measure fp32 here"):
+        matmul_peak(args, "bf16")

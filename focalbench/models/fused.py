@@ -33,8 +33,9 @@ _conv_unary = torch.ops.mkldnn._convolution_pointwise.default
 _conv_binary = torch.ops.mkldnn._convolution_pointwise.binary
 _CL = torch.channels_last
 _MKLDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile cannot trace the call
-# oneDNN's bf16 convolutions need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere (AVX2-only CPUs) they raise
-_MKLDNN_BF16 = _MKLDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+# oneDNN's bf16 convolutions need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere (AVX2-only CPUs) they raise, and
+# torch's bf16 convolutions and products fall back to reference kernels far slower than fp32's
+ONEDNN_BF16 = _MKLDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
@@ -48,7 +49,7 @@ def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
         and not torch.compiler.is_exporting()  # exporters need plain ATen ops
         and _MKLDNN
         and x.dtype in (torch.float32, torch.bfloat16)
-        and (_compute_dtype(x) == torch.float32 or _MKLDNN_BF16)
+        and (_compute_dtype(x) == torch.float32 or ONEDNN_BF16)
     )
 
 

@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import Metric, MetricCollection
 
 from focalbench.errors import ConfigError
+from focalbench.models import fused
 from focalbench.models.contract import Normalization, freeze_stages, input_normalization
 from focalbench.models.factory import build_backbone
 from focalbench.tasks.optim import Schedule, default_optimizer, lr_lambda, param_groups
@@ -224,6 +225,17 @@ class BaseTask(LightningModule):
         if self.monitor in scores:
             self.log(self.monitor, scores[self.monitor], prog_bar=True)
         metrics.reset()
+
+    def setup(self, stage: str) -> None:
+        """Warns when bf16 is asked of a CPU that has no bf16 kernels: the run would not fail, only crawl."""
+        trainer = self._trainer
+        precision = str(trainer.precision) if trainer is not None else ""
+        if precision.startswith("bf16") and trainer.strategy.root_device.type == "cpu" and not fused.ONEDNN_BF16:
+            rank_zero_warn(
+                f"trainer.precision {precision} on a CPU without bf16 kernels (oneDNN's need AVX-512 or "
+                "AVX-NE-CONVERT): convolutions and matrix products run on reference kernels many times slower than "
+                "fp32's; set trainer.precision: 32-true"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._has_weights = True  # by --ckpt_path or load_from_checkpoint: predict is not from random weights

@@ -217,6 +217,7 @@ class Mask2FormerTask(BaseTask):
         return list(given) if given is not None else [True] * self.hparams.num_classes
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if self.hparams.mode == "panoptic":  # the data module is known now
             things = torch.tensor(self.things())
             for metric in self.eval_metrics.values():

@@ -127,6 +127,7 @@ class SegmentationTask(BaseTask):
         return [m for m in (self.model.decode_head, self.model.auxiliary_head) if m is not None]
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         trainer = self.trainer
         if stage != "fit" or not self.hparams.sync_batchnorm or trainer.world_size == 1:
             return  # only training normalises with batch statistics

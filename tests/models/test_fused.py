@@ -65,7 +65,7 @@ def test_fused_bf16_autocast_stays_within_bf16_error(name):
 def test_bf16_on_a_cpu_without_onednn_bf16_runs_the_plain_path(monkeypatch):
     """oneDNN's bf16 convolutions need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on other CPUs (AVX2-only ones) its
     fused calls raise, so a bf16 autocast forward there takes the plain modules, while fp32 still fuses."""
-    monkeypatch.setattr(fused, "_MKLDNN_BF16", False)
+    monkeypatch.setattr(fused, "ONEDNN_BF16", False)
     prepares = _count_prepares(monkeypatch)
     model, x = _model("focalnet_large_fl4"), torch.randn(2, 3, 32, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

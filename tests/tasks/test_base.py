@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import warnings
 from pathlib import Path
 
 import datasets
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from focalbench.cli import main
 from focalbench.data.classification import ClassificationDataModule
 from focalbench.errors import ConfigError
+from focalbench.models import fused
 from focalbench.models.contract import layer_ids
 from focalbench.tasks.classification import ClassificationTask
 from focalbench.tasks.optim import default_optimizer
@@ -434,6 +436,32 @@ def test_a_fused_optimizer_with_clipping_under_mixed_precision_is_a_config_error
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
     ).fit(clipped, train_dataloaders=loader(1))  # fmt: skip
     assert any(not torch.equal(a, b) for a, b in zip(before, clipped.parameters()))  # not fused: it trains
+
+
+@pytest.mark.parametrize(
+    ("precision", "onednn_bf16", "warned"),
+    [("bf16-mixed", False, True), ("bf16-mixed", True, False), ("32-true", False, False)],
+    ids=["bf16_without_kernels", "bf16_with_kernels", "fp32_without_kernels"],
+)
+def test_bf16_on_a_cpu_without_bf16_kernels_warns_once(precision, onednn_bf16, warned, tmp_path, monkeypatch):
+    monkeypatch.setattr(fused, "ONEDNN_BF16", onednn_bf16)  # an AVX2-only CPU, or one with AVX-512 / AMX
+    trainer = Trainer(
+        accelerator="cpu", precision=precision, max_steps=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
+    )  # fmt: skip
+    model = task()
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, train_dataloaders=loader(1))
+    messages = [str(w.message) for w in caught if "bf16" in str(w.message)]
+    expected = (
+        "trainer.precision bf16-mixed on a CPU without bf16 kernels (oneDNN's need AVX-512 or AVX-NE-CONVERT): "
+        "convolutions and matrix products run on reference kernels many times slower than fp32's; set "
+        "trainer.precision: 32-true"
+    )
+    assert messages == ([expected] if warned else [])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # a warning, not a stop
 
 
 class ValidationLogits(Callback):

@@ -210,7 +210,9 @@ def test_cross_entropy_ignores_255_and_weights_classes():
 @pytest.mark.parametrize("device, synced", [("cuda", True), ("cpu", False)])
 def test_batchnorm_becomes_syncbatchnorm_under_multi_gpu_training(monkeypatch, device, synced):
     task = _tiny_task()
-    trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device(device)))
+    trainer = SimpleNamespace(
+        world_size=2, precision="32-true", strategy=SimpleNamespace(root_device=torch.device(device))
+    )
     monkeypatch.setattr(SegmentationTask, "trainer", property(lambda self: trainer))
     task.setup("fit")
     norms = [m for m in task.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
