@@ -49,7 +49,7 @@ def fused_path_available(x: torch.Tensor, module: nn.Module) -> bool:
         and not torch.compiler.is_exporting()  # exporters need plain ATen ops
         and _MKLDNN
         and x.dtype in (torch.float32, torch.bfloat16)
-        and (_compute_dtype(x) == torch.float32 or ONEDNN_BF16)
+        and (ONEDNN_BF16 or _compute_dtype(x) == torch.float32)
     )
 
 

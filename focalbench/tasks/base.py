@@ -229,7 +229,9 @@ class BaseTask(LightningModule):
     def setup(self, stage: str) -> None:
         """Warns when bf16 is asked of a CPU that has no bf16 kernels: the run would not fail, only crawl."""
         trainer = self._trainer
-        precision = str(trainer.precision) if trainer is not None else ""
+        if trainer is None:  # called directly, outside a run
+            return
+        precision = str(trainer.precision)
         if precision.startswith("bf16") and trainer.strategy.root_device.type == "cpu" and not fused.ONEDNN_BF16:
             rank_zero_warn(
                 f"trainer.precision {precision} on a CPU without bf16 kernels (oneDNN's need AVX-512 or "

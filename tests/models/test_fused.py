@@ -11,7 +11,7 @@ TINY = {"embed_dim": 16, "depths": (1, 1, 2, 1)}
 # one variant per combination of flags: plain, LayerScale + post-norm (+ normalize), post-norm in modulation, iso
 FLAG_VARIANTS = ["focalnet_tiny_lrf", "focalnet_large_fl4", "focalnet_huge_fl3", "focalnet_base_iso"]
 needs_onednn_bf16 = pytest.mark.skipif(
-    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="the fused bf16 path needs oneDNN's bf16 (AVX-512)"
+    not fused.ONEDNN_BF16, reason="the fused bf16 path needs oneDNN's bf16 (AVX-512)"
 )
 
 
