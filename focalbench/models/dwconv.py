@@ -138,6 +138,10 @@ class _DepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             k = weight.shape[-1]
             grad_w = strip_weight_grad(x, grad_out, k) if k >= STRIPS_FROM else default_weight_grad(x, grad_out, weight)
+            if grad_w.stride() != weight.stride():
+                # The same values in the parameter's strides (a C*k*k copy): DDP's reducer compares every stride,
+                # size-1 dims too, with its bucket's, which are the parameter's, and warns on each step otherwise.
+                grad_w = torch.empty_like(weight).copy_(grad_w)
         return grad_x, grad_w
 
 

@@ -106,6 +106,22 @@ def test_module_gradients_equal_autograd(k, precision, layout):
         assert (got.float() - expected.float()).abs().max() <= tol * expected.float().abs().max()
 
 
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
+@pytest.mark.parametrize("weight_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
+def test_weight_gradient_has_the_parameter_s_strides(k, layout, weight_format):
+    """oneDNN's 3x3 weight gradient of a channels_last input came with strides (k*k, 1, k, 1) for a contiguous
+    (C, 1, k, k) weight, and the strips' gradient is contiguous for a channels_last one (``model.to(memory_format=
+    torch.channels_last)``); DDP's reducer compares all strides with its bucket's, which are the parameter's, and
+    warned on every run ("Grad strides do not match bucket view strides")."""
+    ours, _ = _module_pair(k)
+    ours.to(memory_format=weight_format)
+    x, grad = _tensors(SHAPE, layout, seed=k)
+    _, _, w_grad = _gradients(ours, x, grad, bf16=False)
+    expected = (k * k, k * k, k, 1) if weight_format == torch.contiguous_format else (k * k, 1, k, 1)
+    assert w_grad.stride() == ours.weight.stride() == expected
+
+
 def test_no_grad_and_even_kernels_take_plain_convolution():
     x = torch.randn(SHAPE)
     ours, reference = _module_pair(5)
